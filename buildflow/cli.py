@@ -1,0 +1,363 @@
+"""The ``buildflow`` command: plan, run, query, destroy.
+
+Exit codes: 0 done; 1 a clear error (printed as one or a few lines, never a traceback
+unless ``--log-level debug``); 2 bad usage; 130 stopped hard by a second Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from buildflow.errors import AppLoadError, BuildflowError
+from buildflow.node import Node
+from buildflow.provisioning import Change, apply, destroy, plan, plan_destroy
+from buildflow.runtime.base import ProcessorStats, RunOptions, RunSummary
+
+__all__ = ["main", "load_app", "cli"]
+
+cli = typer.Typer(
+    name="buildflow",
+    help="Plan, run, query and destroy buildflow apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Not on a terminal (pipes, CI, logs): wide enough that tables and log lines don't wrap.
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+log = logging.getLogger("buildflow")
+
+AppArg = Annotated[str, typer.Argument(help="The app as module:attribute, e.g. main:app.")]
+EnvOpt = Annotated[
+    Optional[str],
+    typer.Option("--env", help="local | emulator | gcp (default: $BUILDFLOW_ENV or local)."),
+]
+StateOpt = Annotated[
+    Optional[Path],
+    typer.Option("--state-dir", help="Local state folder (default: .buildflow/<env> beside the app)."),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")]
+LogOpt = Annotated[
+    str, typer.Option("--log-level", envvar="BUILDFLOW_LOG_LEVEL", help="debug | info | warning | error.")
+]
+
+
+def _configure_logging(level: str) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=level.lower() == "debug")
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("watchfiles", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_app(spec: str) -> Node:
+    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and return the Node.
+
+    The current directory is put on ``sys.path`` first, as ``python -m`` would.
+
+    Raises:
+        AppLoadError: the module cannot be imported or the attribute is not a Node.
+    """
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if not module_name:
+        raise AppLoadError(f"invalid app {spec!r}: expected module:attribute, e.g. main:app")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name).resolve()
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+    elif os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except BuildflowError:
+        raise
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise AppLoadError(
+                f"cannot import {module_name!r} from {os.getcwd()!r}: no such module; run "
+                "buildflow from the folder that holds it, or pass path/to/main.py:app"
+            ) from e
+        raise AppLoadError(f"importing {module_name!r} failed: {e}") from e
+    except Exception as e:
+        raise AppLoadError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from e
+    app = getattr(module, attr, None)
+    if not isinstance(app, Node):
+        raise AppLoadError(
+            f"{module_name}:{attr} is {type(app).__name__ if app is not None else 'missing'}, "
+            "not a buildflow.Node; define `app = Node()` in that module"
+        )
+    return app
+
+
+def _fail(e: BaseException) -> typer.Exit:
+    err.print(Text(f"error: {e}", style="bold red"))
+    if log.isEnabledFor(logging.DEBUG):
+        err.print_exception()
+    return typer.Exit(1)
+
+
+_ACTION_STYLE = {
+    "create": "green",
+    "update": "yellow",
+    "no change": "dim",
+    "conflict": "bold red",
+    "delete": "red",
+    "absent": "dim",
+    "protected": "bold yellow",
+}
+
+
+def _print_changes(title: str, changes: list[Change]) -> None:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("action")
+    table.add_column("kind")
+    table.add_column("resource", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for c in changes:
+        table.add_row(
+            Text(c.action, style=_ACTION_STYLE[c.action]),
+            c.resource.kind,
+            c.resource.name,
+            "\n".join(c.details),
+        )
+    out.print(table)
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty() and os.environ.get("BUILDFLOW_ASSUME_TTY") != "1":
+        # Piped input: read one answer line, default No.
+        out.print(f"{question} [y/N]: ", end="")
+        answer = sys.stdin.readline().strip().lower()
+        out.print(answer)
+        return answer in ("y", "yes")
+    return typer.confirm(question, default=False)
+
+
+@cli.command("plan")
+def plan_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: YesOpt = False,
+             log_level: LogOpt = "info") -> None:
+    """Show what the app declares against what exists (create / update / no change /
+    conflict), then apply after confirmation."""
+    _configure_logging(log_level)
+    try:
+        node = load_app(app)
+        environment = node.environment(env, state_dir)
+        changes = plan(node.resources(environment))
+        _print_changes(f"plan for {node.name!r} in {environment.name!r} ({environment.state_dir})", changes)
+        conflicts = [c for c in changes if c.action == "conflict"]
+        if conflicts:
+            err.print(Text(
+                f"error: {len(conflicts)} conflict(s): the existing resources differ from the "
+                "declarations in ways plan will not change. Change the row dataclass back, use a "
+                "new table name, or destroy the old resource.", style="bold red"))
+            raise typer.Exit(1)
+        todo = [c for c in changes if c.action in ("create", "update")]
+        if not todo:
+            out.print("No changes. Everything the app declares exists.")
+            return
+        if not _confirm(f"Apply {len(todo)} change(s)?", yes):
+            out.print("Nothing applied.")
+            raise typer.Exit(1)
+        apply(changes)
+        out.print(Text(f"Applied {len(todo)} change(s).", style="green"))
+    except BuildflowError as e:
+        raise _fail(e) from e
+
+
+@cli.command("destroy")
+def destroy_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: YesOpt = False,
+                force: Annotated[bool, typer.Option(
+                    "--force", help="Also delete protected tables and non-empty buckets.")] = False,
+                log_level: LogOpt = "info") -> None:
+    """Delete what the app manages. Refuses protected resources unless --force."""
+    _configure_logging(log_level)
+    try:
+        node = load_app(app)
+        environment = node.environment(env, state_dir)
+        changes = plan_destroy(node.resources(environment), force=force)
+        _print_changes(f"destroy {node.name!r} in {environment.name!r}", changes)
+        if any(c.action == "protected" for c in changes):
+            destroy(changes)  # raises DestroyProtectedError with the fix
+        todo = [c for c in changes if c.action == "delete"]
+        if not todo:
+            out.print("Nothing to destroy.")
+            return
+        if not _confirm(f"Delete {len(todo)} resource(s) and everything in them?", yes):
+            out.print("Nothing deleted.")
+            raise typer.Exit(1)
+        destroy(changes)
+        out.print(Text(f"Deleted {len(todo)} resource(s).", style="green"))
+    except BuildflowError as e:
+        raise _fail(e) from e
+
+
+def _progress_text(stats: list[ProcessorStats], elapsed: float) -> Text:
+    parts = []
+    for s in stats:
+        rate = s.events / elapsed if elapsed > 0 else 0.0
+        loads = s.metrics.get("model_loads")
+        parts.append(
+            f"{s.name}: {s.events} events, {s.rows} rows, {s.dead_letters} dead-lettered, "
+            f"{rate:.1f} events/s, backlog {s.backlog if s.backlog is not None else '?'}"
+            + (f", model loads {int(loads)}" if loads is not None else "")
+        )
+    return Text(f"[{elapsed:6.1f}s] " + " | ".join(parts))
+
+
+def _print_summary(summary: RunSummary) -> None:
+    table = Table(title=f"run summary (stopped: {summary.stop_reason})", title_justify="left")
+    for col in ("processor", "events", "rows", "dead letters", "setup calls", "model loads",
+                "p50 ms", "p95 ms"):
+        table.add_column(col, justify="right" if col != "processor" else "left")
+    for s in summary.processors:
+        p50, p95 = s.latency_percentile_ms(50), s.latency_percentile_ms(95)
+        loads = s.metrics.get("model_loads")
+        table.add_row(
+            s.name, str(s.events), str(s.rows), str(s.dead_letters), str(s.setup_calls),
+            str(int(loads)) if loads is not None else "-",
+            f"{p50:.0f}" if p50 is not None else "-", f"{p95:.0f}" if p95 is not None else "-",
+        )
+    out.print(table)
+    first = f"{summary.first_row_s:.2f} s" if summary.first_row_s is not None else "-"
+    out.print(
+        f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s, first row after "
+        f"{first}, peak RSS {summary.peak_rss_mb:.0f} MB, max event-loop lag "
+        f"{summary.loop_lag_max_ms:.0f} ms"
+    )
+
+
+@cli.command("run")
+def run_cmd(
+    app: AppArg,
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    until_idle: Annotated[bool, typer.Option(
+        "--until-idle", help="Stop once every source is drained and every sink flushed.")] = False,
+    max_events: Annotated[Optional[int], typer.Option(
+        "--max-events", min=1, help="Stop after this many events, then drain.")] = None,
+    drain_timeout_s: Annotated[float, typer.Option(
+        "--drain-timeout-s", help="Seconds in-flight events get to finish after a stop.")] = 30.0,
+    summary_json: Annotated[Optional[Path], typer.Option(
+        "--summary-json", help="Also write the run summary as JSON to this file.")] = None,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--no-progress", help="Live progress line (default: on a terminal).")] = True,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
+    _configure_logging(log_level)
+    from buildflow.runtime.inprocess import InProcessRuntime
+
+    try:
+        node = load_app(app)
+        environment = node.environment(env, state_dir)
+        bound = node.bind(environment)
+    except BuildflowError as e:
+        raise _fail(e) from e
+    options = RunOptions(until_idle=until_idle, max_events=max_events, drain_timeout_s=drain_timeout_s)
+    err.print(
+        f"running {node.name!r} in {environment.name!r}: "
+        + ", ".join(f"{b.name} ({b.spec.source.describe()} -> {b.spec.sink.describe()})" for b in bound)
+        + (" until idle" if until_idle else "; Ctrl-C to stop")
+    )
+    live_on = progress and err.is_terminal
+    if live_on:
+        with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
+            summary = InProcessRuntime().run(
+                bound, options, on_progress=lambda s, t: live.update(_progress_text(s, t))
+            )
+    else:
+        summary = InProcessRuntime().run(bound, options)
+    _print_summary(summary)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    if summary.error:
+        err.print(Text(f"error: {summary.error}", style="bold red"))
+        raise typer.Exit(1)
+    if summary.stop_reason == "hard-stop":
+        raise typer.Exit(130)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+@cli.command("query")
+def query_cmd(
+    app: AppArg,
+    sql: Annotated[str, typer.Argument(help="SQL, e.g. 'SELECT * FROM image_classification.predictions'.")],
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    processor: Annotated[Optional[str], typer.Option(
+        "--processor", help="Whose sink to query (default: the first processor's).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    log_level: LogOpt = "warning",
+) -> None:
+    """Query the results table (local: DuckDB SQL over the warehouse; the table of
+    BigQueryTable('project.dataset.table') is dataset.table)."""
+    _configure_logging(log_level)
+    try:
+        node = load_app(app)
+        bound = node.bind(node.environment(env, state_dir))
+        chosen = next((b for b in bound if processor in (None, b.name)), None)
+        if chosen is None:
+            raise AppLoadError(
+                f"no processor named {processor!r}; processors: {', '.join(b.name for b in bound)}"
+            )
+        try:
+            cols, rows = chosen.sink.query(sql)
+        except BuildflowError:
+            raise
+        except Exception as e:
+            raise BuildflowError(f"query failed: {e}") from e
+    except BuildflowError as e:
+        raise _fail(e) from e
+    if fmt == "json":
+        out.print_json(json.dumps([dict(zip(cols, map(_jsonable, r))) for r in rows]))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows([[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else v for v in r]
+                     for r in rows])
+    else:
+        table = Table(show_lines=False)
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else str(_jsonable(v))
+                            for v in r])
+        out.print(table)
+        out.print(f"{len(rows)} row(s)")
+
+
+def main() -> None:
+    """Entry point of the ``buildflow`` console script."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The exception hierarchy of buildflow.
+
+Every error the framework raises on purpose derives from :class:`BuildflowError`, so
+callers can catch one type. Messages say what happened, show the bad value with ``!r``,
+list what would have been valid, and say how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BuildflowError",
+    "ConfigurationError",
+    "SchemaError",
+    "RowValidationError",
+    "ProcessorDefinitionError",
+    "EnvironmentNotSupportedError",
+    "ProvisioningError",
+    "ResourceConflictError",
+    "DestroyProtectedError",
+    "ResourceMissingError",
+    "AppLoadError",
+    "MissingDependencyError",
+    "TransientSinkError",
+]
+
+
+class BuildflowError(Exception):
+    """Root of every error raised on purpose by buildflow."""
+
+
+class ConfigurationError(BuildflowError):
+    """A declaration, option or environment variable has an invalid value."""
+
+
+class SchemaError(BuildflowError):
+    """A row dataclass cannot be mapped to a table schema (raised at plan time)."""
+
+
+class RowValidationError(BuildflowError):
+    """A row returned by ``process`` does not match its declared schema.
+
+    Raised per event; the runtime dead-letters that event and goes on.
+    """
+
+
+class ProcessorDefinitionError(BuildflowError):
+    """A processor is malformed: missing methods, missing or wrong type hints."""
+
+
+class EnvironmentNotSupportedError(BuildflowError):
+    """A declaration has no provider in the selected environment."""
+
+
+class ProvisioningError(BuildflowError):
+    """Creating, inspecting or deleting a resource failed."""
+
+
+class ResourceConflictError(ProvisioningError):
+    """An existing resource differs from the declaration in a way ``plan`` will not change."""
+
+
+class DestroyProtectedError(ProvisioningError):
+    """``destroy`` was asked to delete a resource declared with ``destroy_protection=True``."""
+
+
+class ResourceMissingError(ProvisioningError):
+    """``run`` found that a declared resource does not exist (``plan`` was not applied)."""
+
+
+class AppLoadError(BuildflowError):
+    """``module:attribute`` could not be imported or is not a :class:`buildflow.Node`."""
+
+
+class MissingDependencyError(BuildflowError):
+    """An optional dependency is not installed; the message gives the install command."""
+
+
+class TransientSinkError(BuildflowError):
+    """A sink write failed in a way that may succeed on retry (lock held, server down)."""

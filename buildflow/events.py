@@ -1,0 +1,101 @@
+"""Event types delivered to ``Processor.process``.
+
+The shapes follow the original BuildFlow 0.1 walkthrough so code written for it keeps
+working: ``gcs_file_event.blob`` is the object's bytes and ``gcs_file_event.metadata`` is
+the notification's attribute map (``bucketId``, ``objectId``, ``objectGeneration``,
+``eventType``, ``eventTime``), as Cloud Storage puts on its Pub/Sub notifications
+(https://cloud.google.com/storage/docs/pubsub-notifications#attributes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+__all__ = ["BlobReader", "GCSFileEvent"]
+
+
+class BlobReader(ABC):
+    """Reads an object's bytes when first asked. Picklable; opened where it is used."""
+
+    @abstractmethod
+    def read(self) -> bytes:
+        """Return the object's bytes.
+
+        Raises:
+            FileNotFoundError: the object was deleted after the event was raised.
+        """
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GCSFileEvent:
+    """An object was finalized (uploaded or overwritten) in a bucket.
+
+    Attributes:
+        bucket_name: The bucket.
+        name: The object name (may contain ``/``).
+        generation: The object's generation; a new upload of the same name gets a new
+            one. In the ``local`` environment it is the file's ``st_mtime_ns``.
+        size: Object size in bytes.
+        content_type: MIME type, as stored (GCS) or guessed from the name (local).
+        event_time: When the object was finalized (UTC).
+        event_id: Stable id ``<bucket>/<name>#<generation>``: the same upload always has
+            the same id, so a redelivered event is recognised downstream.
+        metadata: Notification attributes: ``bucketId``, ``objectId``,
+            ``objectGeneration``, ``eventType``, ``eventTime`` (RFC 3339).
+        object_metadata: The object's custom metadata (``x-goog-meta-*``), if any.
+    """
+
+    bucket_name: str
+    name: str
+    generation: int
+    size: int
+    content_type: str | None
+    event_time: datetime.datetime
+    event_id: str
+    metadata: Mapping[str, str]
+    reader: BlobReader = dataclasses.field(repr=False)
+    object_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def blob(self) -> bytes:
+        """The object's bytes, read on first access (off the event loop: ``process`` runs
+        in a worker thread) and cached on the event.
+
+        Raises:
+            FileNotFoundError: the object no longer exists.
+        """
+        return self.reader.read()
+
+    def read_bytes(self) -> bytes:
+        """Same as :attr:`blob`; reads better in new code."""
+        return self.blob
+
+    @property
+    def uri(self) -> str:
+        """``gs://bucket/name``."""
+        return f"gs://{self.bucket_name}/{self.name}"
+
+    @staticmethod
+    def make_event_id(bucket_name: str, name: str, generation: int) -> str:
+        """The stable id of one upload: ``<bucket>/<name>#<generation>``."""
+        return f"{bucket_name}/{name}#{generation}"
+
+    @staticmethod
+    def notification_attributes(
+        bucket_name: str, name: str, generation: int, event_time: datetime.datetime
+    ) -> dict[str, str]:
+        """Attributes as on a real OBJECT_FINALIZE notification."""
+        return {
+            "bucketId": bucket_name,
+            "objectId": name,
+            "objectGeneration": str(generation),
+            "eventType": "OBJECT_FINALIZE",
+            "eventTime": event_time.astimezone(datetime.timezone.utc)
+            .isoformat()
+            .replace("+00:00", "Z"),
+            "payloadFormat": "JSON_API_V1",
+        }

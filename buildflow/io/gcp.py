@@ -1,0 +1,139 @@
+"""Google Cloud declarations: :class:`GCSFileStream` and :class:`BigQueryTable`.
+
+Declarations only: nothing here imports a Google SDK. The provider that gives them life
+is chosen by the environment (``local``: a folder and a DuckDB table; ``emulator`` and
+``gcp``: the google-cloud-* clients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import ClassVar
+
+from buildflow.errors import ConfigurationError
+from buildflow.events import GCSFileEvent
+from buildflow.io.base import SinkDeclaration, SourceDeclaration
+
+__all__ = ["GCSFileStream", "BigQueryTable", "DEAD_LETTER_TABLE_NAME"]
+
+# https://cloud.google.com/storage/docs/buckets#naming (the common subset: no dots)
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
+# https://cloud.google.com/bigquery/docs/datasets#dataset-naming and tables#table_naming
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
+_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+DEAD_LETTER_TABLE_NAME = "buildflow_dead_letters"
+
+
+@dataclasses.dataclass(frozen=True)
+class GCSFileStream(SourceDeclaration):
+    """Upload notifications of a Cloud Storage bucket, as a stream of :class:`GCSFileEvent`.
+
+    In ``local`` the bucket is the folder ``<state dir>/buckets/<bucket_name>/``: every
+    file in it that is not yet acked is an event (also files that were there before the
+    run started), and new files are picked up as they land. In ``gcp``/``emulator`` the
+    bucket raises OBJECT_FINALIZE notifications on a Pub/Sub topic and subscription that
+    ``plan`` creates.
+
+    Args:
+        bucket_name: 3-63 characters: lowercase letters, digits, ``-`` and ``_``.
+        project_id: GCP project that owns the bucket, topic and subscription (not used
+            in ``local``).
+        prefix: Only objects whose name starts with this are events; others are acked
+            and skipped.
+        content_types: If given, only objects whose content type starts with one of
+            these (e.g. ``("image/",)``) are events; others are acked and skipped.
+        force_destroy: Let ``destroy`` delete the bucket even if it holds objects.
+        ack_deadline_secs: Pub/Sub ack deadline of the subscription (10-600 s).
+
+    Raises:
+        ConfigurationError: a name or value is invalid.
+    """
+
+    bucket_name: str
+    project_id: str | None = None
+    prefix: str = ""
+    content_types: tuple[str, ...] | None = None
+    force_destroy: bool = False
+    ack_deadline_secs: int = 60
+
+    event_type: ClassVar[type] = GCSFileEvent
+
+    def __post_init__(self) -> None:
+        if not _BUCKET_RE.match(self.bucket_name or ""):
+            raise ConfigurationError(
+                f"GCSFileStream: invalid bucket_name {self.bucket_name!r}: use 3-63 lowercase "
+                "letters, digits, '-' or '_', starting and ending with a letter or digit."
+            )
+        if self.project_id is not None and not _PROJECT_RE.match(self.project_id):
+            raise ConfigurationError(
+                f"GCSFileStream: invalid project_id {self.project_id!r}: a GCP project id is "
+                "6-30 lowercase letters, digits or '-', starting with a letter."
+            )
+        if not 10 <= self.ack_deadline_secs <= 600:
+            raise ConfigurationError(
+                f"GCSFileStream: ack_deadline_secs={self.ack_deadline_secs!r} is outside "
+                "Pub/Sub's allowed range 10..600."
+            )
+        if self.content_types is not None and isinstance(self.content_types, str):
+            object.__setattr__(self, "content_types", (self.content_types,))
+
+    def describe(self) -> str:
+        return f"GCSFileStream(bucket={self.bucket_name!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class BigQueryTable(SinkDeclaration):
+    """A BigQuery table whose schema is the processor's row dataclass.
+
+    In ``local`` it is the DuckDB table ``<dataset>.<table>`` in
+    ``<state dir>/warehouse.duckdb``.
+
+    Args:
+        table_id: ``project.dataset.table`` or ``dataset.table``.
+        destroy_protection: ``destroy`` refuses to delete the table (and its dead-letter
+            table) unless run with ``--force``. On by default: tables hold results.
+
+    Raises:
+        ConfigurationError: ``table_id`` is malformed.
+    """
+
+    table_id: str
+    destroy_protection: bool = True
+
+    def __post_init__(self) -> None:
+        parts = self.table_id.split(".") if isinstance(self.table_id, str) else []
+        ok = len(parts) in (2, 3) and _DATASET_RE.match(parts[-2]) and _TABLE_RE.match(parts[-1])
+        if ok and len(parts) == 3:
+            ok = bool(_PROJECT_RE.match(parts[0]))
+        if not ok:
+            raise ConfigurationError(
+                f"BigQueryTable: invalid table_id {self.table_id!r}: expected "
+                "'project.dataset.table' or 'dataset.table' (dataset: letters, digits, '_'; "
+                "table: letters, digits, '_', '-')."
+            )
+
+    @property
+    def project_id(self) -> str | None:
+        parts = self.table_id.split(".")
+        return parts[0] if len(parts) == 3 else None
+
+    @property
+    def dataset_id(self) -> str:
+        return self.table_id.split(".")[-2]
+
+    @property
+    def table_name(self) -> str:
+        return self.table_id.split(".")[-1]
+
+    def describe(self) -> str:
+        return f"BigQueryTable({self.table_id!r})"
+
+    def dead_letter_sibling(self) -> BigQueryTable:
+        prefix = self.table_id.rsplit(".", 1)[0]
+        return BigQueryTable(
+            table_id=f"{prefix}.{DEAD_LETTER_TABLE_NAME}",
+            destroy_protection=self.destroy_protection,
+        )

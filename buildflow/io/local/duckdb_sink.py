@@ -1,0 +1,369 @@
+"""Tables in a local DuckDB file: ``BigQueryTable`` in ``local``, and ``DuckDBTable`` anywhere.
+
+Column types follow the row schema: STRING->VARCHAR, INT64->BIGINT, FLOAT64->DOUBLE,
+BOOL->BOOLEAN, BYTES->BLOB, TIMESTAMP->TIMESTAMPTZ, DATE->DATE, RECORD->STRUCT,
+REPEATED->``type[]``; top-level REQUIRED fields are NOT NULL (DuckDB has no NOT NULL
+inside a STRUCT, so nested fields are nullable).
+
+buildflow adds three columns: ``_event_id`` and ``_row_index`` (the primary key: a
+redelivered event's rows are skipped, ``INSERT ... ON CONFLICT DO NOTHING``) and
+``_written_at``.
+
+The file is opened for each write and closed right after, so other processes
+(``buildflow query``, the DuckDB CLI) can read it between writes; DuckDB allows one
+writer process at a time, and a write that finds the file locked is retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from buildflow.errors import (
+    MissingDependencyError,
+    ProvisioningError,
+    ResourceMissingError,
+    TransientSinkError,
+)
+from buildflow.io.base import OutputRecord, SinkProvider, SinkRuntime
+from buildflow.io.duckdb import DuckDBTable
+from buildflow.io.gcp import BigQueryTable
+from buildflow.provisioning import Resource, ResourceState
+from buildflow.runtime.threads import BlockingWorker
+from buildflow.schema import SchemaField, TableSchema, diff_schemas
+
+__all__ = ["DuckDBTableProvider", "duckdb_type", "parse_duckdb_type", "create_table_sql"]
+
+META_COLUMNS = (
+    ("_event_id", "VARCHAR NOT NULL"),
+    ("_row_index", "INTEGER NOT NULL"),
+    ("_written_at", "TIMESTAMPTZ NOT NULL"),
+)
+
+_SCALAR = {
+    "STRING": "VARCHAR",
+    "INT64": "BIGINT",
+    "FLOAT64": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "BYTES": "BLOB",
+    "TIMESTAMP": "TIMESTAMP WITH TIME ZONE",
+    "DATE": "DATE",
+}
+_SCALAR_BACK = {v: k for k, v in _SCALAR.items()} | {"TIMESTAMPTZ": "TIMESTAMP"}
+
+
+def _duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError as e:  # pragma: no cover - duckdb is a core dependency
+        raise MissingDependencyError("duckdb is not installed: run `pip install duckdb`") from e
+    return duckdb
+
+
+def q(ident: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def duckdb_type(f: SchemaField) -> str:
+    """The DuckDB type of a schema field (without NOT NULL)."""
+    if f.field_type == "RECORD":
+        base = "STRUCT(" + ", ".join(f"{q(c.name)} {duckdb_type(c)}" for c in f.fields) + ")"
+    else:
+        base = _SCALAR[f.field_type]
+    return base + "[]" if f.mode == "REPEATED" else base
+
+
+def create_table_sql(schema_name: str, table: str, schema: TableSchema) -> str:
+    """``CREATE TABLE`` for a row schema plus buildflow's metadata columns."""
+    cols = [
+        f"{q(f.name)} {duckdb_type(f)}" + (" NOT NULL" if f.mode == "REQUIRED" else "")
+        for f in schema.fields
+    ]
+    cols += [f"{q(n)} {t}" for n, t in META_COLUMNS]
+    cols.append('PRIMARY KEY ("_event_id", "_row_index")')
+    return f"CREATE TABLE {q(schema_name)}.{q(table)} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+# --- reading DuckDB types back into schema fields (for plan's diff) ---------------
+_TOKEN = re.compile(r'\s*("(?:[^"]|"")*"|\[\]|[A-Za-z_][A-Za-z0-9_ ]*?(?=[\s(),\[]|$)|[(),])')
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot parse DuckDB type {text!r} at {pos}")
+        out.append(m.group(1).strip())
+        pos = m.end()
+    return [t for t in out if t]
+
+
+def parse_duckdb_type(name: str, text: str, nullable: bool = True) -> SchemaField:
+    """Parse a DuckDB type string (as ``DESCRIBE`` prints it) into a :class:`SchemaField`.
+
+    Types outside the mapping (e.g. ``INTEGER``) keep their DuckDB name as the field type,
+    so the diff reports them as a type change.
+    """
+    toks = _tokens(text)
+    pos = 0
+
+    def parse(fname: str) -> tuple[str, tuple[SchemaField, ...], bool]:
+        nonlocal pos
+        tok = toks[pos]
+        pos += 1
+        if tok.upper() == "STRUCT":
+            assert toks[pos] == "("
+            pos += 1
+            children = []
+            while toks[pos] != ")":
+                cname = toks[pos]
+                cname = cname[1:-1].replace('""', '"') if cname.startswith('"') else cname
+                pos += 1
+                ctype, cfields, crep = parse(cname)
+                children.append(
+                    SchemaField(cname, ctype, "REPEATED" if crep else "NULLABLE", cfields)  # type: ignore[arg-type]
+                )
+                if toks[pos] == ",":
+                    pos += 1
+            pos += 1
+            ftype, fields = "RECORD", tuple(children)
+        else:
+            ftype, fields = _SCALAR_BACK.get(tok.upper(), tok.upper()), ()
+        repeated = False
+        if pos < len(toks) and toks[pos] == "[]":
+            pos += 1
+            repeated = True
+        return ftype, fields, repeated
+
+    ftype, fields, repeated = parse(name)
+    mode = "REPEATED" if repeated else ("NULLABLE" if nullable else "REQUIRED")
+    return SchemaField(name, ftype, mode, fields)  # type: ignore[arg-type]
+
+
+def _nested_nullable(f: SchemaField, top: bool = True) -> SchemaField:
+    """DuckDB cannot say NOT NULL inside a STRUCT: compare nested fields as NULLABLE."""
+    mode = f.mode if top or f.mode == "REPEATED" else "NULLABLE"
+    return SchemaField(
+        f.name, f.field_type, mode, tuple(_nested_nullable(c, False) for c in f.fields), f.description
+    )
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "lock" in text or "conflicting" in text
+
+
+class _Target:
+    """Where a table lives: database file, schema, table name. Picklable."""
+
+    def __init__(self, database: Path, schema_name: str, table: str) -> None:
+        self.database = database
+        self.schema_name = schema_name
+        self.table = table
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.schema_name}.{self.table}"
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False, wait_s: float = 0.0) -> Iterator[Any]:
+        """Open the database; wait up to ``wait_s`` for another process's lock."""
+        duckdb = _duckdb()
+        deadline = time.monotonic() + wait_s
+        delay = 0.01
+        while True:
+            try:
+                con = duckdb.connect(str(self.database), read_only=read_only)
+                break
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TransientSinkError(
+                        f"DuckDB file {str(self.database)!r} is locked by another process: {e}"
+                    ) from e
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def existing_columns(self, con: Any) -> list[tuple[str, str, bool]] | None:
+        rows = con.execute(
+            "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [self.schema_name, self.table],
+        ).fetchall()
+        return [(r[0], r[1], bool(r[2])) for r in rows] or None
+
+
+class DuckDBTableResource(Resource):
+    """A DuckDB table created from a row schema."""
+
+    kind = "table"
+
+    def __init__(self, target: _Target, schema: TableSchema, protected: bool) -> None:
+        self.target = target
+        self.schema = schema
+        self.protected = protected
+        self.name = target.full_name if target.database.name == "warehouse.duckdb" else (
+            f"{target.full_name} ({target.database})"
+        )
+
+    def inspect(self) -> ResourceState:
+        if not self.target.database.exists():
+            return ResourceState(exists=False)
+        with self.target.connect(read_only=True, wait_s=10) as con:
+            cols = self.target.existing_columns(con)
+        if cols is None:
+            return ResourceState(exists=False)
+        meta = {n for n, _ in META_COLUMNS}
+        missing_meta = sorted(meta - {c[0] for c in cols})
+        conflicts: list[str] = []
+        if missing_meta:
+            conflicts.append(
+                f"table was not created by buildflow: missing columns {missing_meta}; "
+                "drop it or choose another table name"
+            )
+        existing = TableSchema(
+            tuple(parse_duckdb_type(n, t, nullable) for n, t, nullable in cols if n not in meta)
+        )
+        declared = TableSchema(tuple(_nested_nullable(f) for f in self.schema.fields))
+        updates: list[str] = []
+        for d in diff_schemas(declared, existing):
+            if d.kind == "extra_in_existing" and d.existing and "REQUIRED" not in d.existing:
+                continue  # an extra NULLABLE column does not stop inserts
+            if d.is_compatible_update() and "." not in d.path:
+                updates.append(str(d))
+            else:
+                conflicts.append(str(d))
+        return ResourceState(True, updates=tuple(updates), conflicts=tuple(conflicts))
+
+    def create(self) -> None:
+        self.target.database.parent.mkdir(parents=True, exist_ok=True)
+        with self.target.connect(wait_s=10) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(self.target.schema_name)}")
+            con.execute(create_table_sql(self.target.schema_name, self.target.table, self.schema))
+
+    def update(self, state: ResourceState) -> None:
+        """Add missing NULLABLE/REPEATED columns, relax NOT NULL where the schema allows."""
+        with self.target.connect(wait_s=10) as con:
+            cols = {c[0]: c for c in self.target.existing_columns(con) or []}
+            tbl = f"{q(self.target.schema_name)}.{q(self.target.table)}"
+            for f in self.schema.fields:
+                if f.name not in cols:
+                    con.execute(f"ALTER TABLE {tbl} ADD COLUMN {q(f.name)} {duckdb_type(f)}")
+                elif f.mode != "REQUIRED" and not cols[f.name][2]:
+                    con.execute(f"ALTER TABLE {tbl} ALTER COLUMN {q(f.name)} DROP NOT NULL")
+
+    def delete(self) -> None:
+        with self.target.connect(wait_s=10) as con:
+            con.execute(f"DROP TABLE IF EXISTS {q(self.target.schema_name)}.{q(self.target.table)}")
+
+
+class DuckDBSink(SinkRuntime):
+    """Writes micro-batches with one ``INSERT ... SELECT UNNEST($1) ON CONFLICT DO NOTHING``."""
+
+    def __init__(self, target: _Target, schema: TableSchema) -> None:
+        self.target = target
+        self.schema = schema
+        self._io = BlockingWorker(f"duckdb-{target.table}")
+        cols = [f.name for f in schema.fields] + [n for n, _ in META_COLUMNS]
+        struct = (
+            "STRUCT("
+            + ", ".join(
+                [f"{q(f.name)} {duckdb_type(f)}" for f in schema.fields]
+                + [f"{q(n)} {t.replace(' NOT NULL', '')}" for n, t in META_COLUMNS]
+            )
+            + ")[]"
+        )
+        self._sql = (
+            f"INSERT INTO {q(target.schema_name)}.{q(target.table)} "
+            f"({', '.join(map(q, cols))}) "
+            f"SELECT {', '.join('s.' + q(c) for c in cols)} "
+            f"FROM (SELECT UNNEST($1::{struct}) AS s) ON CONFLICT DO NOTHING"
+        )
+
+    def _write(self, records: Sequence[OutputRecord]) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        payload = [
+            {**r.values, "_event_id": r.event_id, "_row_index": r.row_index, "_written_at": now}
+            for r in records
+        ]
+        duckdb = _duckdb()
+        try:
+            with self.target.connect(wait_s=2) as con:
+                con.execute(self._sql, [payload])
+        except duckdb.CatalogException as e:
+            raise TransientSinkError(
+                f"table {self.target.full_name} is missing ({e}); run `buildflow plan` to create it"
+            ) from e
+        except duckdb.IOException as e:
+            raise TransientSinkError(str(e)) from e
+
+    async def write(self, records: Sequence[OutputRecord]) -> None:
+        recs = list(records)
+        await self._io.run(lambda: self._write(recs))
+
+    async def close(self) -> None:
+        self._io.stop()
+
+
+class DuckDBTableProvider(SinkProvider):
+    """Binds :class:`BigQueryTable` (in ``local``) or :class:`DuckDBTable` to a DuckDB file."""
+
+    def target(self) -> _Target:
+        decl = self.declaration
+        if isinstance(decl, BigQueryTable):
+            return _Target(self.environment.warehouse_path, decl.dataset_id, decl.table_name)
+        assert isinstance(decl, DuckDBTable)
+        db = Path(decl.database) if decl.database else self.environment.warehouse_path
+        if not db.is_absolute():
+            db = self.environment.state_dir / db
+        return _Target(db, decl.schema_name, decl.table_name)
+
+    def resources(self, schema: TableSchema) -> list[Resource]:
+        protected = bool(getattr(self.declaration, "destroy_protection", False))
+        return [DuckDBTableResource(self.target(), schema, protected)]
+
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        target = self.target()
+        if not target.database.exists():
+            raise ResourceMissingError(
+                f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan "
+                "<app>` first to create the tables."
+            )
+        state = DuckDBTableResource(target, schema, False).inspect()
+        if not state.exists:
+            raise ResourceMissingError(
+                f"table {target.full_name} does not exist in {str(target.database)!r}; run "
+                "`buildflow plan <app>` first."
+            )
+        if state.conflicts or state.updates:
+            raise ProvisioningError(
+                f"table {target.full_name} does not match the row schema: "
+                + "; ".join(state.conflicts + state.updates)
+                + ". Run `buildflow plan <app>` to see and apply the changes."
+            )
+        return DuckDBSink(target, schema)
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        target = self.target()
+        if not target.database.exists():
+            raise ResourceMissingError(
+                f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan "
+                "<app>` first."
+            )
+        with target.connect(read_only=True, wait_s=10) as con:
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description or []]
+            return cols, cur.fetchall()

@@ -1,0 +1,390 @@
+"""``GCSFileStream`` in the ``local`` environment: a folder watched for new files.
+
+The bucket ``b`` is the folder ``<state dir>/buckets/b/``. Copying a file into it is an
+upload. Semantics, matching a GCS bucket with an OBJECT_FINALIZE subscription:
+
+* Every regular file under the folder is an object; its name is its path relative to the
+  folder (``/``-separated). Its generation is the file's ``st_mtime_ns``, so the event id
+  ``<bucket>/<name>#<generation>`` is stable for one upload and new for an overwrite.
+* Every object not yet acked by this processor is an event: files copied in while the run
+  was stopped are picked up at start (the backlog), new ones as they land (watchfiles,
+  i.e. inotify, or polling with ``BUILDFLOW_FORCE_POLLING=1``).
+* A file counts as uploaded once it has not changed for ``BUILDFLOW_LOCAL_SETTLE_MS``
+  (default 25 ms). For large or slow writes, write to a hidden name (``.name``) or one
+  ending in ``.tmp``/``.part``/``~`` and rename it into place: such names are ignored.
+* Acks are kept per processor in ``<state dir>/subscriptions/<bucket>.<processor>.sqlite3``
+  (the subscription): an acked upload is never delivered again to that processor.
+* Symbolic links and anything resolving outside the folder are ignored: the local bucket
+  never reads outside its root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import logging
+import mimetypes
+import os
+import shutil
+import sqlite3
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from buildflow.events import BlobReader, GCSFileEvent
+from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
+from buildflow.io.gcp import GCSFileStream
+from buildflow.provisioning import Resource, ResourceState
+from buildflow.runtime.threads import BlockingWorker
+
+__all__ = ["LocalBucketProvider", "LocalBucketSource", "LocalBlobReader"]
+
+log = logging.getLogger("buildflow.io.local")
+
+_IGNORED_SUFFIXES = (".tmp", ".part", "~", ".crdownload", ".swp")
+
+
+def _settle_s() -> float:
+    return int(os.environ.get("BUILDFLOW_LOCAL_SETTLE_MS", "25")) / 1000
+
+
+def _ignored(rel: str) -> bool:
+    return any(p.startswith(".") for p in rel.split("/")) or rel.endswith(_IGNORED_SUFFIXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalBlobReader(BlobReader):
+    """Reads a file of a local bucket. Refuses paths that resolve outside the bucket."""
+
+    root: str
+    name: str
+
+    def read(self) -> bytes:
+        root = Path(self.root).resolve()
+        path = (root / self.name).resolve()
+        if not path.is_relative_to(root) or (root / self.name).is_symlink():
+            raise PermissionError(f"object {self.name!r} resolves outside bucket root {str(root)!r}")
+        return path.read_bytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Object:
+    name: str
+    generation: int
+    size: int
+
+    def event_id(self, bucket: str) -> str:
+        return GCSFileEvent.make_event_id(bucket, self.name, self.generation)
+
+
+class _AckStore:
+    """The subscription: a SQLite file of acked event ids."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS acked (event_id TEXT PRIMARY KEY, acked_at TEXT NOT NULL)"
+        )
+
+    def load(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT event_id FROM acked")}
+
+    def add(self, event_ids: Sequence[str]) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO acked VALUES (?, ?)", [(e, now) for e in event_ids]
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class LocalBucketSource(SourceRuntime[GCSFileEvent]):
+    """The live local bucket source. See the module docstring for semantics."""
+
+    def __init__(self, decl: GCSFileStream, root: Path, ack_path: Path) -> None:
+        self.decl = decl
+        self.root = root.resolve()
+        self.ack_path = ack_path
+        self._io = BlockingWorker(f"bucket-{decl.bucket_name}")
+        self._acked: set[str] = set()
+        self._pending: collections.OrderedDict[str, _Object] = collections.OrderedDict()
+        self._inflight: dict[str, _Object] = {}
+        self._unsettled: dict[str, float] = {}
+        self._arrived = asyncio.Event()
+        self._store: _AckStore | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watch = asyncio.Event()
+        self._started = False
+
+    # -- discovery ---------------------------------------------------------------
+    def _stat(self, rel: str) -> _Object | None:
+        """Stat one candidate object (blocking). None if it is not an object."""
+        if _ignored(rel):
+            return None
+        path = self.root / rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # directories, symlinks, sockets: not objects
+        if not path.resolve().is_relative_to(self.root):
+            return None
+        return _Object(rel, st.st_mtime_ns, st.st_size)
+
+    def _scan(self) -> list[_Object]:
+        found: list[_Object] = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            base = Path(dirpath).relative_to(self.root)
+            for f in sorted(filenames):
+                rel = (base / f).as_posix()
+                obj = self._stat(rel[2:] if rel.startswith("./") else rel)
+                if obj is not None:
+                    found.append(obj)
+        return found
+
+    def _wanted(self, obj: _Object) -> bool:
+        if self.decl.prefix and not obj.name.startswith(self.decl.prefix):
+            log.debug("skipping %s: outside prefix %r", obj.name, self.decl.prefix)
+            return False
+        if self.decl.content_types:
+            ctype = mimetypes.guess_type(obj.name)[0] or "application/octet-stream"
+            if not ctype.startswith(tuple(self.decl.content_types)):
+                log.debug("skipping %s: content type %s", obj.name, ctype)
+                return False
+        return True
+
+    def _offer(self, obj: _Object) -> None:
+        """Queue an object as an event unless acked, queued or in flight already."""
+        eid = obj.event_id(self.decl.bucket_name)
+        if eid in self._acked or eid in self._inflight or eid in self._pending:
+            return
+        if not self._wanted(obj):
+            return
+        # A newer generation of a queued name replaces the older one.
+        for old_id, old in list(self._pending.items()):
+            if old.name == obj.name:
+                del self._pending[old_id]
+        self._pending[eid] = obj
+        self._arrived.set()
+
+    async def _consider(self, rels: Sequence[str]) -> None:
+        """Stat changed paths, then admit them."""
+        objs = await self._io.run(lambda: [self._stat(r) for r in rels])
+        self._admit(list(zip(rels, objs)))
+
+    def _admit(self, found: Sequence[tuple[str, _Object | None]]) -> None:
+        """Queue settled objects; re-check the ones still being written later."""
+        now = datetime.datetime.now().timestamp()
+        settle = _settle_s()
+        for rel, obj in found:
+            if obj is None:
+                self._unsettled.pop(rel, None)
+                continue
+            age = now - obj.generation / 1e9
+            if age < settle:
+                self._unsettled[rel] = now
+                asyncio.get_running_loop().call_later(
+                    settle - age + 0.002, lambda r=rel: asyncio.ensure_future(self._consider([r]))
+                )
+            else:
+                self._unsettled.pop(rel, None)
+                self._offer(obj)
+
+    async def _watch(self) -> None:
+        import watchfiles
+
+        force_polling = os.environ.get("BUILDFLOW_FORCE_POLLING") == "1" or None
+        async for changes in watchfiles.awatch(
+            self.root,
+            stop_event=self._stop_watch,
+            step=20,
+            debounce=100,
+            recursive=True,
+            force_polling=force_polling,
+            poll_delay_ms=50,
+            rust_timeout=500,
+            yield_on_timeout=False,
+            watch_filter=None,
+        ):
+            rels = []
+            for change, p in changes:
+                if change == watchfiles.Change.deleted:
+                    continue
+                try:
+                    rels.append(Path(p).relative_to(self.root).as_posix())
+                except ValueError:
+                    continue
+            if rels:
+                await self._consider(sorted(set(rels)))
+
+    async def start(self) -> None:
+        """Load acks, start watching, then list the backlog (watch first: no gap)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._store = await self._io.run(lambda: _AckStore(self.ack_path))
+        store = self._store
+        self._acked = await self._io.run(store.load)
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.decl.bucket_name}")
+        await asyncio.sleep(0)
+        self._admit([(o.name, o) for o in await self._io.run(self._scan)])
+        self._started = True
+
+    # -- SourceRuntime -------------------------------------------------------------
+    def _envelope(self, eid: str, obj: _Object) -> Envelope[GCSFileEvent]:
+        when = datetime.datetime.fromtimestamp(obj.generation / 1e9, tz=datetime.timezone.utc)
+        bucket = self.decl.bucket_name
+        event = GCSFileEvent(
+            bucket_name=bucket,
+            name=obj.name,
+            generation=obj.generation,
+            size=obj.size,
+            content_type=mimetypes.guess_type(obj.name)[0],
+            event_time=when,
+            event_id=eid,
+            metadata=GCSFileEvent.notification_attributes(bucket, obj.name, obj.generation, when),
+            reader=LocalBlobReader(str(self.root), obj.name),
+        )
+        return Envelope(
+            event=event,
+            event_id=eid,
+            ack_id=eid,
+            received_at=datetime.datetime.now(datetime.timezone.utc),
+            object_name=obj.name,
+        )
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[GCSFileEvent]]:
+        if not self._started:
+            await self.start()
+        if not self._pending:
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, timeout_s))
+        out = []
+        while self._pending and len(out) < max_events:
+            eid, obj = self._pending.popitem(last=False)
+            self._inflight[eid] = obj
+            out.append(self._envelope(eid, obj))
+        return out
+
+    async def ack(self, envelopes: Sequence[Envelope[GCSFileEvent]]) -> None:
+        ids = [e.ack_id for e in envelopes]
+        store = self._store
+        assert store is not None
+        await self._io.run(lambda: store.add(ids))
+        for eid in ids:
+            self._inflight.pop(eid, None)
+            self._acked.add(eid)
+
+    async def nack(self, envelopes: Sequence[Envelope[GCSFileEvent]]) -> None:
+        for e in reversed(envelopes):
+            obj = self._inflight.pop(e.ack_id, None)
+            if obj is not None:
+                self._pending[e.ack_id] = obj
+                self._pending.move_to_end(e.ack_id, last=False)
+        self._arrived.set()
+
+    async def backlog(self) -> int | None:
+        return len(self._pending) + len(self._unsettled)
+
+    async def is_drained(self) -> bool:
+        return self._started and not self._pending and not self._inflight and not self._unsettled
+
+    async def close(self) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        if self._store is not None:
+            store = self._store
+            await self._io.run(store.close)
+        self._io.stop()
+
+
+class LocalBucketResource(Resource):
+    """The bucket folder."""
+
+    kind = "bucket"
+
+    def __init__(self, decl: GCSFileStream, path: Path) -> None:
+        self.decl = decl
+        self.path = path
+        self.name = decl.bucket_name
+
+    def inspect(self) -> ResourceState:
+        if self.path.exists() and not self.path.is_dir():
+            return ResourceState(True, conflicts=(f"{self.path} exists and is not a folder",))
+        return ResourceState(exists=self.path.is_dir())
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def delete_blockers(self) -> list[str]:
+        if self.decl.force_destroy:
+            return []
+        n = sum(1 for p in self.path.rglob("*") if p.is_file())
+        return [f"bucket holds {n} objects and force_destroy=False"] if n else []
+
+    def delete(self) -> None:
+        shutil.rmtree(self.path)
+
+
+class LocalSubscriptionResource(Resource):
+    """The processor's ack store (its subscription to the bucket)."""
+
+    kind = "subscription"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.stem
+
+    def inspect(self) -> ResourceState:
+        return ResourceState(exists=self.path.exists())
+
+    def create(self) -> None:
+        _AckStore(self.path).close()
+
+    def delete(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{self.path}{suffix}")
+
+
+class LocalBucketProvider(SourceProvider):
+    """Binds :class:`GCSFileStream` to the ``local`` environment."""
+
+    declaration: GCSFileStream
+
+    @property
+    def bucket_dir(self) -> Path:
+        return self.environment.buckets_dir / self.declaration.bucket_name
+
+    def ack_store_path(self, consumer: str) -> Path:
+        return self.environment.subscriptions_dir / f"{self.declaration.bucket_name}.{consumer}.sqlite3"
+
+    def resources(self, consumer: str) -> list[Resource]:
+        return [
+            LocalBucketResource(self.declaration, self.bucket_dir),
+            LocalSubscriptionResource(self.ack_store_path(consumer)),
+        ]
+
+    def open(self, consumer: str) -> SourceRuntime[Any]:
+        from buildflow.errors import ResourceMissingError
+
+        if not self.bucket_dir.is_dir():
+            raise ResourceMissingError(
+                f"bucket folder {str(self.bucket_dir)!r} does not exist; run "
+                "`buildflow plan <app>` first to create it."
+            )
+        return LocalBucketSource(self.declaration, self.bucket_dir, self.ack_store_path(consumer))

@@ -1,0 +1,63 @@
+"""Which provider gives life to which declaration in which environment.
+
+Providers are named by import path and imported only when used, so the core never
+imports an SDK the app does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from buildflow.environment import Environment
+from buildflow.errors import EnvironmentNotSupportedError
+from buildflow.io.base import SinkDeclaration, SinkProvider, SourceDeclaration, SourceProvider
+
+__all__ = ["source_provider", "sink_provider"]
+
+_ANY = "*"
+
+_SOURCES: dict[tuple[str, str], str] = {
+    ("GCSFileStream", "local"): "buildflow.io.local.folder:LocalBucketProvider",
+}
+
+_SINKS: dict[tuple[str, str], str] = {
+    ("BigQueryTable", "local"): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+    ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+}
+
+
+def _lookup(table: dict[tuple[str, str], str], declaration: Any, env: Environment) -> Any:
+    kind = type(declaration).__name__
+    path = table.get((kind, env.name)) or table.get((kind, _ANY))
+    if path is None:
+        supported = sorted(e for (k, e) in table if k == kind)
+        raise EnvironmentNotSupportedError(
+            f"{declaration.describe()} has no provider in the {env.name!r} environment; "
+            f"it runs in: {', '.join(map(repr, supported)) or 'no environment'}. "
+            "Choose one with --env or BUILDFLOW_ENV."
+        )
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def source_provider(declaration: SourceDeclaration, env: Environment) -> SourceProvider:
+    """Bind a source declaration to ``env``.
+
+    Raises:
+        EnvironmentNotSupportedError: no provider for this declaration in ``env``.
+    """
+    cls = _lookup(_SOURCES, declaration, env)
+    provider: SourceProvider = cls(declaration, env)
+    return provider
+
+
+def sink_provider(declaration: SinkDeclaration, env: Environment) -> SinkProvider:
+    """Bind a sink declaration to ``env``.
+
+    Raises:
+        EnvironmentNotSupportedError: no provider for this declaration in ``env``.
+    """
+    cls = _lookup(_SINKS, declaration, env)
+    provider: SinkProvider = cls(declaration, env)
+    return provider

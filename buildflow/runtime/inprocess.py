@@ -1,0 +1,491 @@
+"""The in-process runtime: the reference semantics of buildflow.
+
+One asyncio event loop runs, per processor, a three-stage pipeline joined by bounded
+queues (backpressure: the source is never pulled more than ``max_inflight_batches``
+micro-batches ahead of the sink):
+
+    pull + micro-batch  ->  process (worker thread)  ->  write rows + dead letters, then ack
+
+* ``setup``/``process``/``teardown`` run on one dedicated worker thread per processor,
+  so decoding and inference never block the loop, and the model is loaded once.
+* Events are acked only after their rows (or their dead-letter records) are written:
+  at-least-once delivery; sinks de-duplicate on ``(event_id, row_index)``.
+* An exception for one event dead-letters that event alone. If ``process_batch``
+  raises, the batch is retried one event at a time to isolate the bad ones.
+* Sink writes are retried with capped exponential backoff and full jitter; events stay
+  unacked meanwhile, and the bounded queues stop the source from running ahead.
+* The first SIGINT/SIGTERM drains (stop pulling, finish in-flight batches, flush, ack,
+  teardown); a second one, or the drain deadline, stops at once without acking what is
+  unfinished (it is redelivered next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from buildflow.errors import BuildflowError, ProcessorDefinitionError, RowValidationError
+from buildflow.io.base import DeadLetterRow, Envelope, OutputRecord, SinkRuntime, SourceRuntime
+from buildflow.metrics import Metrics
+from buildflow.runtime.base import (
+    BoundProcessor,
+    ProcessorStats,
+    Runtime,
+    RunOptions,
+    RunSummary,
+    StopReason,
+)
+from buildflow.runtime.threads import BlockingWorker
+from buildflow.schema import TableSchema, row_to_record, schema_from_dataclass
+
+__all__ = ["InProcessRuntime"]
+
+log = logging.getLogger("buildflow.runtime")
+
+_DONE = object()
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+class _Budget:
+    """The ``--max-events`` budget shared by every processor of a run."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.remaining = limit
+
+    def take(self, n: int) -> int:
+        if self.remaining is None:
+            return n
+        got = min(n, self.remaining)
+        self.remaining -= got
+        return got
+
+
+class _BatchResult:
+    __slots__ = ("envelopes", "records", "dead")
+
+    def __init__(
+        self, envelopes: list[Envelope[Any]], records: list[OutputRecord], dead: list[OutputRecord]
+    ) -> None:
+        self.envelopes = envelopes
+        self.records = records
+        self.dead = dead
+
+
+class _Worker:
+    """One processor's pipeline."""
+
+    def __init__(self, bound: BoundProcessor, options: RunOptions, run: _Run) -> None:
+        self.bound = bound
+        self.spec = bound.spec
+        self.options = options
+        self.run = run
+        self.stats = ProcessorStats(name=bound.name)
+        self.metrics = Metrics()
+        self.thread = BlockingWorker(f"buildflow-{bound.name}")
+        self.pull_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=options.max_inflight_batches)
+        self.write_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=options.max_inflight_batches)
+        self.inflight = 0  # batches pulled and not yet acked
+        self.source: SourceRuntime[Any] | None = None
+        self.sink: SinkRuntime | None = None
+        self.dl_sink: SinkRuntime | None = None
+        self.dl_schema: TableSchema = schema_from_dataclass(DeadLetterRow)
+        self.source_label = self.spec.source.describe()
+        self.set_up = False
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def open(self) -> None:
+        processor = self.spec.processor
+        processor.__dict__["_buildflow_metrics"] = self.metrics
+        self.source = self.bound.source.open(self.spec.name)
+        self.sink = self.bound.sink.open(self.spec.schema)
+        self.dl_sink = self.bound.dead_letter.open(self.dl_schema)
+        await self.thread.run(processor.setup)
+        self.set_up = True
+        self.stats.setup_calls += 1
+
+    async def close(self) -> None:
+        if self.set_up:
+            try:
+                await self.thread.run(self.spec.processor.teardown)
+            except Exception:
+                log.exception("processor %s: teardown() failed", self.spec.name)
+            self.stats.teardown_calls += 1
+        self.thread.stop()
+        for handle in (self.source, self.sink, self.dl_sink):
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    await handle.close()
+
+    # -- stage 1: pull and form micro-batches ------------------------------------
+    async def pull_loop(self) -> None:
+        assert self.source is not None
+        size, latency_s = self.spec.max_batch_size, self.spec.max_batch_latency_ms / 1000
+        try:
+            while not self.run.stopping.is_set():
+                batch: list[Envelope[Any]] = []
+                first_at: float | None = None
+                while len(batch) < size and not self.run.stopping.is_set():
+                    if first_at is None:
+                        timeout = 0.1  # idle poll: notice a stop promptly
+                    else:
+                        timeout = first_at + latency_s - time.monotonic()
+                        if timeout <= 0:
+                            break
+                    want = self.run.budget.take(size - len(batch))
+                    if want == 0:
+                        self.run.request_stop("max-events")
+                        break
+                    got = await self.source.pull(want, timeout)
+                    if len(got) < want and self.run.budget.remaining is not None:
+                        self.run.budget.remaining += want - len(got)
+                    if got:
+                        batch.extend(got)
+                        first_at = first_at or time.monotonic()
+                if batch:
+                    self.stats.events += len(batch)
+                    self.inflight += 1
+                    await self.pull_q.put(batch)
+        finally:
+            await self._put_done(self.pull_q)
+
+    # -- stage 2: process on the worker thread -----------------------------------
+    async def process_loop(self) -> None:
+        try:
+            while True:
+                batch = await self.pull_q.get()
+                if batch is _DONE:
+                    return
+                result = await self.thread.run(lambda b=batch: self._process_sync(b))
+                await self.write_q.put(result)
+        finally:
+            await self._put_done(self.write_q)
+
+    async def _put_done(self, q: asyncio.Queue[Any]) -> None:
+        if self.run.hard.is_set():  # cancelled: never block in a finally
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(_DONE)
+        else:
+            await q.put(_DONE)
+
+    def _call_batch(self, events: list[Any]) -> list[Any]:
+        results = list(self.spec.processor.process_batch(events))
+        if len(results) != len(events):
+            raise ProcessorDefinitionError(
+                f"processor {self.spec.name}: process_batch returned {len(results)} results "
+                f"for {len(events)} events; return exactly one result (row, list of rows, "
+                "None or Exception) per event, in order."
+            )
+        return results
+
+    def _process_sync(self, envelopes: list[Envelope[Any]]) -> _BatchResult:
+        events = [e.event for e in envelopes]
+        try:
+            results = self._call_batch(events)
+        except Exception as batch_error:
+            if len(events) == 1:
+                results = [batch_error]
+            else:  # isolate the bad event(s): the good ones still get their rows
+                log.debug("processor %s: batch failed (%s); retrying one at a time",
+                          self.spec.name, _reason(batch_error))
+                results = []
+                for ev in events:
+                    try:
+                        results.append(self._call_batch([ev])[0])
+                    except Exception as e:
+                        results.append(e)
+        records: list[OutputRecord] = []
+        dead: list[OutputRecord] = []
+        for env, res in zip(envelopes, results):
+            if isinstance(res, BaseException):
+                dead.append(self._dead_letter(env, res, "process"))
+                continue
+            rows = [] if res is None else list(res) if isinstance(res, (list, tuple)) else [res]
+            try:
+                converted = [
+                    OutputRecord(env.event_id, i, row_to_record(r, self.spec.schema))
+                    for i, r in enumerate(rows)
+                ]
+            except RowValidationError as e:
+                dead.append(self._dead_letter(env, e, "validate"))
+                continue
+            records.extend(converted)
+        return _BatchResult(envelopes, records, dead)
+
+    def _dead_letter(self, env: Envelope[Any], exc: BaseException, stage: str) -> OutputRecord:
+        reason = _reason(exc)
+        log.warning(
+            "processor %s: dead-lettered %s: %s", self.spec.name, env.object_name or env.event_id, reason
+        )
+        row = DeadLetterRow(
+            event_id=env.event_id,
+            processor=self.spec.name,
+            source=self.source_label,
+            object_name=env.object_name,
+            reason=reason,
+            error_type=type(exc).__name__,
+            stage=stage,
+            attempts=env.attempt,
+            failed_at=datetime.datetime.now(datetime.timezone.utc),
+        )
+        return OutputRecord(env.event_id, 0, row_to_record(row, self.dl_schema))
+
+    # -- stage 3: write, then ack ------------------------------------------------
+    async def write_loop(self) -> None:
+        assert self.source is not None and self.sink is not None and self.dl_sink is not None
+        while True:
+            item = await self.write_q.get()
+            if item is _DONE:
+                return
+            result: _BatchResult = item
+            if result.records:
+                await self._write_with_retry(self.sink, result.records, "sink")
+            if result.dead:
+                await self._write_with_retry(self.dl_sink, result.dead, "dead-letter")
+            await self.source.ack(result.envelopes)
+            self.inflight -= 1
+            now = time.monotonic()
+            wall = datetime.datetime.now(datetime.timezone.utc)
+            self.stats.batches += 1
+            self.stats.rows += len(result.records)
+            self.stats.dead_letters += len(result.dead)
+            if result.records and self.stats.first_row_s is None:
+                self.stats.first_row_s = now - self.run.started
+            for env in result.envelopes:
+                self.stats.latencies_ms.append((wall - env.received_at).total_seconds() * 1000)
+
+    async def _write_with_retry(self, sink: SinkRuntime, records: list[OutputRecord], what: str) -> None:
+        delay_ms = self.options.sink_retry_initial_ms
+        attempt = 1
+        while True:
+            try:
+                await sink.write(records)
+                return
+            except BuildflowError as e:
+                err: Exception = e
+            except Exception as e:
+                err = e
+            self.stats.sink_retries += 1
+            log.warning(
+                "processor %s: %s write of %d rows failed (attempt %d), retrying in <= %d ms: %s",
+                self.spec.name, what, len(records), attempt, delay_ms, _reason(err),
+            )
+            # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
+            await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
+            delay_ms = min(delay_ms * 2, self.options.sink_retry_max_ms)
+            attempt += 1
+
+    async def is_idle(self) -> bool:
+        assert self.source is not None
+        return (
+            self.inflight == 0
+            and self.pull_q.empty()
+            and self.write_q.empty()
+            and await self.source.is_drained()
+        )
+
+    async def refresh_backlog(self) -> None:
+        assert self.source is not None
+        with contextlib.suppress(Exception):
+            self.stats.backlog = await self.source.backlog()
+        self.stats.metrics = self.metrics.snapshot()
+
+
+class _Run:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.stopping = asyncio.Event()
+        self.stop_reason: StopReason = "stopped"
+        self.budget = _Budget(options.max_events)
+        self.started = time.monotonic()
+        self.hard = asyncio.Event()
+        self.signals = 0
+
+    def request_stop(self, reason: StopReason) -> None:
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+            self.stopping.set()
+
+    def on_signal(self, signum: int) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.warning(
+                "received %s: draining in-flight events (press Ctrl-C again to stop now)",
+                signal.Signals(signum).name,
+            )
+            self.request_stop("signal")
+        else:
+            log.warning("received %s again: stopping now; unfinished events will be redelivered",
+                        signal.Signals(signum).name)
+            self.stop_reason = "hard-stop"
+            self.hard.set()
+
+
+class InProcessRuntime(Runtime):
+    """Runs every processor of an app in this process, on one asyncio event loop."""
+
+    def run(
+        self,
+        processors: Sequence[BoundProcessor],
+        options: RunOptions,
+        on_progress: Callable[[list[ProcessorStats], float], None] | None = None,
+    ) -> RunSummary:
+        return asyncio.run(self._run(processors, options, on_progress))
+
+    async def _run(
+        self,
+        processors: Sequence[BoundProcessor],
+        options: RunOptions,
+        on_progress: Callable[[list[ProcessorStats], float], None] | None,
+    ) -> RunSummary:
+        loop = asyncio.get_running_loop()
+        run = _Run(options)
+        workers = [_Worker(b, options, run) for b in processors]
+        installed: list[int] = []
+        if options.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, run.on_signal, sig)
+                    installed.append(sig)
+        lag = [0.0]
+        error: str | None = None
+        try:
+            try:
+                for w in workers:
+                    await w.open()
+            except Exception as e:
+                error = f"starting processor failed: {_reason(e)}"
+                log.error("%s", error, exc_info=not isinstance(e, BuildflowError))
+                run.stop_reason = "error"
+                return self._summary(workers, run, lag[0], error)
+            run.started = time.monotonic()
+            pipeline = [
+                asyncio.create_task(coro, name=f"{w.bound.name}-{stage}")
+                for w in workers
+                for stage, coro in (
+                    ("pull", w.pull_loop()),
+                    ("process", w.process_loop()),
+                    ("write", w.write_loop()),
+                )
+            ]
+            monitor = asyncio.create_task(self._monitor(workers, run, lag, on_progress))
+            error = await self._supervise(pipeline, run)
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            if on_progress is not None:
+                await asyncio.gather(*(w.refresh_backlog() for w in workers))
+                on_progress([w.stats for w in workers], time.monotonic() - run.started)
+        finally:
+            for w in workers:
+                if run.hard.is_set():  # the worker thread may be stuck in user code
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(w.close(), timeout=5)
+                else:
+                    await w.close()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if error:
+            run.stop_reason = "error"
+        return self._summary(workers, run, lag[0], error)
+
+    async def _supervise(self, pipeline: list[asyncio.Task[None]], run: _Run) -> str | None:
+        """Wait for the pipeline to finish; enforce the drain deadline and hard stops."""
+        hard = asyncio.create_task(run.hard.wait())
+        stopping = asyncio.create_task(run.stopping.wait())
+        pending: set[asyncio.Task[Any]] = set(pipeline)
+        error: str | None = None
+        deadline: float | None = None
+        try:
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait(
+                    pending | {hard, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for t in done & pending:
+                    pending.discard(t)
+                    if not t.cancelled() and t.exception() is not None:
+                        exc = t.exception()
+                        assert exc is not None
+                        error = f"{t.get_name()} failed: {_reason(exc)}"
+                        log.error("%s", error, exc_info=exc)
+                        run.request_stop("error")
+                        run.hard.set()
+                if stopping in done and deadline is None:
+                    deadline = time.monotonic() + run.options.drain_timeout_s
+                    stopping = asyncio.create_task(asyncio.Event().wait())
+                if hard in done or (deadline is not None and time.monotonic() >= deadline and pending):
+                    if not hard.done():
+                        log.error("drain did not finish within %.1f s; stopping now",
+                                  run.options.drain_timeout_s)
+                    if run.stop_reason != "error":
+                        run.stop_reason = "hard-stop"
+                    run.hard.set()
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    pending.clear()
+        finally:
+            hard.cancel()
+            stopping.cancel()
+        return error
+
+    async def _monitor(
+        self,
+        workers: list[_Worker],
+        run: _Run,
+        lag: list[float],
+        on_progress: Callable[[list[ProcessorStats], float], None] | None,
+    ) -> None:
+        tick = 0.05
+        idle_since: float | None = None
+        last_progress = 0.0
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            lag[0] = max(lag[0], (now - before - tick) * 1000)
+            if run.options.until_idle and not run.stopping.is_set():
+                idle = all([await w.is_idle() for w in workers])
+                if not idle:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif (now - idle_since) * 1000 >= run.options.idle_grace_ms:
+                    run.request_stop("until-idle")
+            if on_progress is not None and now - last_progress >= run.options.progress_interval_s:
+                last_progress = now
+                for w in workers:
+                    await w.refresh_backlog()
+                on_progress([w.stats for w in workers], now - run.started)
+
+    @staticmethod
+    def _summary(workers: list[_Worker], run: _Run, lag: float, error: str | None) -> RunSummary:
+        for w in workers:
+            w.stats.metrics = w.metrics.snapshot()
+        return RunSummary(
+            processors=[w.stats for w in workers],
+            elapsed_s=time.monotonic() - run.started,
+            stop_reason="error" if error else run.stop_reason,
+            peak_rss_mb=_peak_rss_mb(),
+            loop_lag_max_ms=lag,
+            error=error,
+        )

@@ -1,0 +1,32 @@
+"""The real-time image-classification app.
+
+    buildflow plan main:app      # create the bucket and the results table
+    buildflow run main:app       # classify every upload until Ctrl-C
+    buildflow destroy main:app   # remove them
+
+Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
+``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
+``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models).
+"""
+
+import os
+
+from buildflow import Node
+from processors import ImageClassificationProcessor
+
+GCP_PROJECT = os.environ.get("GCP_PROJECT", "buildflow-local")
+BUCKET_NAME = os.environ.get("BUCKET_NAME", "buildflow-images")
+
+app = Node()
+app.add(
+    ImageClassificationProcessor(
+        project_id=GCP_PROJECT,
+        bucket_name=BUCKET_NAME,
+        table_id=f"{GCP_PROJECT}.image_classification.predictions",
+        model_name=os.environ.get("MODEL_NAME", "efficientnet_lite0"),
+        weights_path=os.environ.get("MODEL_WEIGHTS"),
+    )
+)
+
+if __name__ == "__main__":
+    app.run()

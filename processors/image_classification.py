@@ -1,0 +1,154 @@
+"""Real-time image classification: bucket uploads in, top-k ImageNet classes out.
+
+Each micro-batch is decoded in parallel on a small thread pool (Pillow releases the GIL
+while decoding), then classified in one forward pass. An image that cannot be decoded
+(empty, truncated, not an image, over the decompression-bomb limit) is returned as an
+exception for that event alone: the runtime dead-letters it with its reason, and the rest
+of the batch still gets its rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import time
+from typing import TYPE_CHECKING, Literal
+
+import buildflow
+from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
+from schemas import Classification, ImageClassificationRow
+
+if TYPE_CHECKING:
+    from models import ImageClassifier
+
+# models (and torch) are imported in setup(), on the worker: plan, query and destroy
+# never pay for importing torch.
+
+__all__ = ["ImageClassificationProcessor"]
+
+
+class ImageClassificationProcessor(buildflow.Processor):
+    """Classifies every image uploaded to ``bucket_name`` into ``table_id``.
+
+    Args:
+        bucket_name: The bucket whose uploads are classified.
+        table_id: ``project.dataset.table`` (or ``dataset.table``) of the results.
+        project_id: GCP project of the bucket (not used in ``local``).
+        model_name: A name from ``models.available_models()``.
+        weights_path: State-dict file for models without bundled weights.
+        top_k: Classes kept per image.
+        device: ``cpu`` or ``cuda`` (an error if CUDA is not available).
+        max_pixels: Decompression-bomb limit, pixels (default: models.DEFAULT_MAX_PIXELS,
+            Pillow's own limit).
+        decode_threads: Threads that decode a micro-batch in parallel.
+    """
+
+    name = "image_classification"
+    max_batch_size = 16
+    max_batch_latency_ms = 20
+
+    def __init__(
+        self,
+        *,
+        bucket_name: str,
+        table_id: str,
+        project_id: str | None = None,
+        model_name: str = "efficientnet_lite0",
+        weights_path: str | None = None,
+        top_k: int = 5,
+        device: Literal["cpu", "cuda"] = "cpu",
+        max_pixels: int | None = None,
+        decode_threads: int = 2,
+    ) -> None:
+        self.bucket_name = bucket_name
+        self.table_id = table_id
+        self.project_id = project_id
+        self.model_name = model_name
+        self.weights_path = weights_path
+        self.top_k = top_k
+        self.device = device
+        self.max_pixels = max_pixels
+        self.decode_threads = decode_threads
+        self.model: ImageClassifier | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def source(self) -> GCSFileStream:
+        return GCSFileStream(project_id=self.project_id, bucket_name=self.bucket_name, force_destroy=True)
+
+    def sink(self) -> BigQueryTable:
+        return BigQueryTable(table_id=self.table_id, destroy_protection=False)
+
+    def setup(self) -> None:
+        from models import DEFAULT_MAX_PIXELS, load_model
+
+        if self.max_pixels is None:
+            self.max_pixels = DEFAULT_MAX_PIXELS
+        self.model = load_model(self.model_name, weights_path=self.weights_path, device=self.device)
+        self.metrics.increment("model_loads")
+        self.metrics.observe("load_model_latency_ms", self.model.load_latency_ms)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.decode_threads, thread_name_prefix="decode"
+        )
+
+    def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _decode(self, event: GCSFileEvent) -> tuple[object, int, int, float]:
+        from models import decode_image
+
+        assert self.model is not None and self.max_pixels is not None
+        t0 = time.perf_counter()
+        image = decode_image(
+            event.blob,
+            max_pixels=self.max_pixels,
+            target_short_side=self.model.preprocessing.resize_short_side,
+        )
+        width, height = image.size
+        tensor = self.model.preprocess(image)
+        return tensor, width, height, (time.perf_counter() - t0) * 1000
+
+    def process_batch(self, events: list[GCSFileEvent]) -> list[ImageClassificationRow | Exception]:
+        assert self.model is not None and self._pool is not None
+        futures = [self._pool.submit(self._decode, e) for e in events]
+        decoded: list[tuple[object, int, int, float] | Exception] = []
+        for f in futures:
+            try:
+                decoded.append(f.result())
+            except Exception as e:  # this image alone is dead-lettered
+                decoded.append(e)
+        ok = [d for d in decoded if not isinstance(d, Exception)]
+        predictions = []
+        infer_ms = 0.0
+        if ok:
+            import torch
+
+            t0 = time.perf_counter()
+            probs = self.model.predict_proba(torch.stack([d[0] for d in ok]))  # type: ignore[misc]
+            predictions = self.model.top_k(probs, self.top_k)
+            infer_ms = (time.perf_counter() - t0) * 1000 / len(ok)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        out: list[ImageClassificationRow | Exception] = []
+        it = iter(predictions)
+        for event, d in zip(events, decoded):
+            if isinstance(d, Exception):
+                out.append(d)
+                continue
+            _, width, height, decode_ms = d
+            out.append(
+                ImageClassificationRow(
+                    image_name=event.name,
+                    upload=event.event_time,
+                    classifications=[
+                        Classification(label=p.label, confidence=p.confidence, class_index=p.index)
+                        for p in next(it)
+                    ],
+                    event_id=event.event_id,
+                    model=self.model.name,
+                    image_width=width,
+                    image_height=height,
+                    processing_ms=decode_ms + infer_ms,
+                    processed_at=now,
+                )
+            )
+        return out
