@@ -306,7 +306,7 @@ def inspect_processor(processor: Processor) -> ProcessorSpec:
         ann = hints.get(params[0].name)
         if batched and ann is not None and typing.get_origin(ann) in _SEQUENCES:
             ann = (typing.get_args(ann) or (None,))[0]
-        expected = type(source).event_type
+        expected = source.event_type
         if isinstance(ann, type) and ann is not typing.Any and not issubclass(expected, ann):
             raise ProcessorDefinitionError(
                 f"{where}: parameter {params[0].name!r} is annotated {ann.__name__}, but "

@@ -19,11 +19,13 @@ _ANY = "*"
 
 _SOURCES: dict[tuple[str, str], str] = {
     ("GCSFileStream", "local"): "buildflow.io.local.folder:LocalBucketProvider",
+    ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 
 _SINKS: dict[tuple[str, str], str] = {
     ("BigQueryTable", "local"): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
     ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+    ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }
 
 

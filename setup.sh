@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine: the real sample photos (Debian's darknet package,
+# when run as root), a virtual environment in .venv, and every dependency of the framework,
+# the app and the tests. Safe to run again: it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ ! -f /usr/share/darknet/data/dog.jpg ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's darknet package (real sample photos)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q darknet >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q darknet >/dev/null; }
+  else
+    echo "setup: warning: /usr/share/darknet/data is missing; run 'sudo apt-get install darknet' for the sample photos" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.setup-stamp
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing dependencies (torch from the local wheel store; about a minute)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+echo "setup: done. Activate with: source .venv/bin/activate"
