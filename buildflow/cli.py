@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,11 +42,11 @@ log = logging.getLogger("buildflow")
 
 AppArg = Annotated[str, typer.Argument(help="The app as module:attribute, e.g. main:app.")]
 EnvOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--env", help="local | emulator | gcp (default: $BUILDFLOW_ENV or local)."),
 ]
 StateOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--state-dir", help="Local state folder (default: .buildflow/<env> beside the app)."),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")]
@@ -250,11 +250,11 @@ def run_cmd(
     state_dir: StateOpt = None,
     until_idle: Annotated[bool, typer.Option(
         "--until-idle", help="Stop once every source is drained and every sink flushed.")] = False,
-    max_events: Annotated[Optional[int], typer.Option(
+    max_events: Annotated[int | None, typer.Option(
         "--max-events", min=1, help="Stop after this many events, then drain.")] = None,
     drain_timeout_s: Annotated[float, typer.Option(
         "--drain-timeout-s", help="Seconds in-flight events get to finish after a stop.")] = 30.0,
-    summary_json: Annotated[Optional[Path], typer.Option(
+    summary_json: Annotated[Path | None, typer.Option(
         "--summary-json", help="Also write the run summary as JSON to this file.")] = None,
     progress: Annotated[bool, typer.Option(
         "--progress/--no-progress", help="Live progress line (default: on a terminal).")] = True,
@@ -312,7 +312,7 @@ def query_cmd(
     sql: Annotated[str, typer.Argument(help="SQL, e.g. 'SELECT * FROM image_classification.predictions'.")],
     env: EnvOpt = None,
     state_dir: StateOpt = None,
-    processor: Annotated[Optional[str], typer.Option(
+    processor: Annotated[str | None, typer.Option(
         "--processor", help="Whose sink to query (default: the first processor's).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
     log_level: LogOpt = "warning",

@@ -72,7 +72,7 @@ class BytesReader(BlobReader):
 def gcs_file_event(name: str, data: bytes, *, bucket: str = "test-bucket", generation: int | None = None) -> GCSFileEvent:
     """A :class:`GCSFileEvent` for ``data``, as the bucket source would deliver it."""
     gen = generation if generation is not None else next(_ids)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return GCSFileEvent(
         bucket_name=bucket,
         name=name,
@@ -134,7 +134,7 @@ class _Source(SourceRuntime[Any]):
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
         out = []
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         while self.pending and len(out) < max_events:
             i, ev = self.pending.popleft()
             self.inflight[i] = ev

@@ -2,7 +2,7 @@
 
 from buildflow.runtime.base import BoundProcessor as BoundProcessor
 from buildflow.runtime.base import RunOptions as RunOptions
-from buildflow.runtime.base import Runtime as Runtime
 from buildflow.runtime.base import RunSummary as RunSummary
+from buildflow.runtime.base import Runtime as Runtime
 
 __all__ = ["BoundProcessor", "RunOptions", "Runtime", "RunSummary"]

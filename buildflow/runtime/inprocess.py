@@ -39,9 +39,9 @@ from buildflow.metrics import Metrics
 from buildflow.runtime.base import (
     BoundProcessor,
     ProcessorStats,
-    Runtime,
     RunOptions,
     RunSummary,
+    Runtime,
     StopReason,
 )
 from buildflow.runtime.threads import BlockingWorker
@@ -244,7 +244,7 @@ class _Worker:
             error_type=type(exc).__name__,
             stage=stage,
             attempts=env.attempt,
-            failed_at=datetime.datetime.now(datetime.timezone.utc),
+            failed_at=datetime.datetime.now(datetime.UTC),
         )
         return OutputRecord(env.event_id, 0, row_to_record(row, self.dl_schema))
 
@@ -263,7 +263,7 @@ class _Worker:
             await self.source.ack(result.envelopes)
             self.inflight -= 1
             now = time.monotonic()
-            wall = datetime.datetime.now(datetime.timezone.utc)
+            wall = datetime.datetime.now(datetime.UTC)
             self.stats.batches += 1
             self.stats.rows += len(result.records)
             self.stats.dead_letters += len(result.dead)

@@ -294,7 +294,7 @@ class DuckDBSink(SinkRuntime):
         )
 
     def _write(self, records: Sequence[OutputRecord]) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         payload = [
             {**r.values, "_event_id": r.event_id, "_row_index": r.row_index, "_written_at": now}
             for r in records

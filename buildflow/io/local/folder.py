@@ -97,7 +97,7 @@ class _AckStore:
         return {r[0] for r in self._db.execute("SELECT event_id FROM acked")}
 
     def add(self, event_ids: Sequence[str]) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        now = datetime.datetime.now(datetime.UTC).isoformat()
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -242,7 +242,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
 
     # -- SourceRuntime -------------------------------------------------------------
     def _envelope(self, eid: str, obj: _Object) -> Envelope[GCSFileEvent]:
-        when = datetime.datetime.fromtimestamp(obj.generation / 1e9, tz=datetime.timezone.utc)
+        when = datetime.datetime.fromtimestamp(obj.generation / 1e9, tz=datetime.UTC)
         bucket = self.decl.bucket_name
         event = GCSFileEvent(
             bucket_name=bucket,
@@ -259,7 +259,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
             event=event,
             event_id=eid,
             ack_id=eid,
-            received_at=datetime.datetime.now(datetime.timezone.utc),
+            received_at=datetime.datetime.now(datetime.UTC),
             object_name=obj.name,
         )
 

@@ -1,0 +1,77 @@
+"""Real EfficientNet-Lite0 ImageNet weights on real photos (no download involved).
+
+Photos: scikit-image's ``chelsea`` (a cat) and ``coffee`` (a cup of espresso), each
+encoded to JPEG bytes first as an upload would arrive, and the dog photo shipped by
+Debian's ``darknet`` package.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sample_images
+import torch
+from PIL import Image
+from skimage import data
+
+from models import (
+    CAT_CLASS_INDICES,
+    DOG_CLASS_INDICES,
+    ImageClassifier,
+    decode_image,
+    imagenet_labels,
+    load_model,
+)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> ImageClassifier:
+    return load_model("efficientnet_lite0")
+
+
+def _decode(classifier: ImageClassifier, encoded: bytes) -> Image.Image:
+    return decode_image(encoded, target_short_side=classifier.preprocessing.resize_short_side)
+
+
+def test_chelsea_has_a_domestic_cat_in_its_top_5(classifier: ImageClassifier) -> None:
+    [predictions] = classifier.classify([_decode(classifier, sample_images.jpeg())], top_k=5)
+    assert predictions[0].index in CAT_CLASS_INDICES, predictions
+    assert any(p.index in CAT_CLASS_INDICES for p in predictions)
+
+
+def test_coffee_is_espresso(classifier: ImageClassifier) -> None:
+    encoded = sample_images.encode(Image.fromarray(data.coffee()), "JPEG", quality=90)
+    [predictions] = classifier.classify([_decode(classifier, encoded)], top_k=5)
+    assert predictions[0].label == "espresso", predictions
+    assert predictions[0].confidence > 0.5
+
+
+def test_darknet_dog_is_a_dog_breed(classifier: ImageClassifier) -> None:
+    image = _decode(classifier, sample_images.DARKNET_DOG_JPEG.read_bytes())
+    [predictions] = classifier.classify([image], top_k=5)
+    assert predictions[0].index in DOG_CLASS_INDICES, predictions
+
+
+def test_batched_results_equal_single_results(classifier: ImageClassifier) -> None:
+    images = [
+        _decode(classifier, sample_images.jpeg()),
+        _decode(classifier, sample_images.DARKNET_DOG_JPEG.read_bytes()),
+    ]
+    together = classifier.predict_proba(classifier.preprocessing.batch(images))
+    one_by_one = torch.cat([classifier.predict_proba(classifier.preprocessing.batch([i])) for i in images])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+    assert together.sum(dim=1).sub(1).abs().max() < 1e-5
+
+
+def test_loaded_model_is_ready(classifier: ImageClassifier) -> None:
+    assert classifier.labels == imagenet_labels()
+    assert not classifier.module.training
+    assert classifier.device == "cpu"
+    assert classifier.load_latency_ms > 0
+    assert classifier.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert (classifier.preprocessing.resize_short_side, classifier.preprocessing.crop_size) == (256, 224)
+
+
+def test_loading_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    load_model("efficientnet_lite0")
+    captured = capfd.readouterr()
+    assert (captured.out, captured.err) == ("", "")

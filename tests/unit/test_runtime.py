@@ -1,0 +1,327 @@
+"""The in-process runtime's semantics, through the public test harness and test doubles
+of the code on the other side (source and sink runtimes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import buildflow
+from buildflow.environment import Environment
+from buildflow.errors import TransientSinkError
+from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
+from buildflow.io.base import OutputRecord, SinkProvider, SinkRuntime
+from buildflow.processor import inspect_processor
+from buildflow.provisioning import Resource
+from buildflow.runtime.base import BoundProcessor, RunOptions
+from buildflow.runtime.inprocess import InProcessRuntime
+from buildflow.schema import TableSchema
+from buildflow.testing import (
+    InMemorySink,
+    InMemorySinkProvider,
+    InMemorySource,
+    InMemorySourceProvider,
+    gcs_file_event,
+    run_processor,
+    sink_rows,
+)
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    n: int
+
+
+class Base(buildflow.Processor):
+    _abstract_processor = True
+
+    def source(self) -> GCSFileStream:
+        return GCSFileStream(bucket_name="photos")
+
+    def sink(self) -> BigQueryTable:
+        return BigQueryTable(table_id="ds.rows")
+
+
+def events(n: int) -> list[GCSFileEvent]:
+    return [gcs_file_event(f"f{i:03d}.jpg", b"x" * i) for i in range(n)]
+
+
+def test_process_may_return_a_row_a_list_or_none() -> None:
+    class P(Base):
+        def process(self, event: GCSFileEvent) -> list[Row] | Row | None:
+            if event.size == 0:
+                return None
+            if event.size == 1:
+                return Row(event.name, 1)
+            return [Row(event.name, k) for k in range(event.size)]
+
+    result = run_processor(P(), events(3))
+    got = sorted((r["name"], r["n"], r["_row_index"]) for r in result.rows)
+    assert got == [("f001.jpg", 1, 0), ("f002.jpg", 0, 0), ("f002.jpg", 1, 1)]
+    assert all(r["_event_id"].startswith(f"test-bucket/{r['name']}#") for r in result.rows)
+    assert result.summary.events == 3 and result.summary.dead_letters == 0
+
+
+def test_one_failing_event_is_dead_lettered_alone() -> None:
+    class P(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            if event.name == "f002.jpg":
+                raise ValueError("cannot read this one")
+            return Row(event.name, event.size)
+
+    result = run_processor(P(), events(5))
+    assert sorted(r["name"] for r in result.rows) == ["f000.jpg", "f001.jpg", "f003.jpg", "f004.jpg"]
+    (dead,) = result.dead_letters
+    assert dead["object_name"] == "f002.jpg"
+    assert dead["reason"] == "ValueError: cannot read this one"
+    assert dead["error_type"] == "ValueError" and dead["stage"] == "process"
+    assert dead["event_id"].startswith("test-bucket/f002.jpg#")
+
+
+def test_raising_process_batch_is_retried_per_event_to_isolate_the_bad_one() -> None:
+    calls: list[int] = []
+
+    class P(Base):
+        max_batch_size = 8
+
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            calls.append(len(events))
+            if any(e.name == "f003.jpg" for e in events):
+                raise RuntimeError("model blew up")
+            return [Row(e.name, e.size) for e in events]
+
+    result = run_processor(P(), events(6))
+    assert len(result.rows) == 5
+    assert [d["object_name"] for d in result.dead_letters] == ["f003.jpg"]
+    assert calls[0] == 6 and calls[1:] == [1] * 6  # whole batch, then one at a time
+
+
+def test_process_batch_may_return_exceptions_per_event() -> None:
+    class P(Base):
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row | Exception]:
+            return [ValueError("odd") if e.size % 2 else Row(e.name, e.size) for e in events]
+
+    result = run_processor(P(), events(6))
+    assert sorted(r["n"] for r in result.rows) == [0, 2, 4]
+    assert len(result.dead_letters) == 3
+
+
+def test_process_batch_with_wrong_result_count_dead_letters_with_clear_reason() -> None:
+    class P(Base):
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            return []
+
+    result = run_processor(P(), events(2))
+    assert result.rows == []
+    assert all("returned 0 results for 1 events" in d["reason"] for d in result.dead_letters)
+
+
+def test_invalid_row_is_dead_lettered_at_validation() -> None:
+    class P(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, "many" if event.size == 1 else event.size)  # type: ignore[arg-type]
+
+    result = run_processor(P(), events(3))
+    assert len(result.rows) == 2
+    (dead,) = result.dead_letters
+    assert dead["stage"] == "validate" and "'n'" in dead["reason"] and "INT64" in dead["reason"]
+
+
+def test_setup_once_on_the_worker_thread_and_teardown_once() -> None:
+    seen: dict[str, Any] = {"setup": 0, "teardown": 0, "threads": set()}
+
+    class P(Base):
+        max_batch_size = 2
+
+        def setup(self) -> None:
+            seen["setup"] += 1
+            seen["setup_thread"] = threading.current_thread().name
+            self.metrics.increment("model_loads")
+
+        def teardown(self) -> None:
+            seen["teardown"] += 1
+
+        def process(self, event: GCSFileEvent) -> Row:
+            seen["threads"].add(threading.current_thread().name)
+            return Row(event.name, 0)
+
+    result = run_processor(P(), events(7))
+    assert seen["setup"] == 1 and seen["teardown"] == 1
+    assert seen["threads"] == {seen["setup_thread"]} != {threading.main_thread().name}
+    (stats,) = result.summary.processors
+    assert stats.setup_calls == 1 and stats.metrics["model_loads"] == 1
+    assert stats.batches >= 4  # 7 events in micro-batches of at most 2
+
+
+def test_micro_batches_respect_max_size() -> None:
+    sizes: list[int] = []
+
+    class P(Base):
+        max_batch_size = 4
+        max_batch_latency_ms = 1000
+
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            sizes.append(len(events))
+            return [Row(e.name, 0) for e in events]
+
+    run_processor(P(), events(10))
+    assert max(sizes) == 4 and sum(sizes) == 10
+
+
+def test_slow_processing_does_not_block_the_event_loop() -> None:
+    class Slow(Base):
+        max_batch_size = 1
+
+        def process(self, event: GCSFileEvent) -> Row:
+            time.sleep(0.3)  # a blocking "model": must run off the loop
+            return Row(event.name, 0)
+
+    result = run_processor(Slow(), events(2))
+    assert len(result.rows) == 2
+    assert result.summary.loop_lag_max_ms < 150
+
+
+def test_max_events_stops_after_that_many() -> None:
+    class P(Base):
+        max_batch_size = 3
+
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, 0)
+
+    result = run_processor(P(), events(10), options=RunOptions(max_events=5, handle_signals=False))
+    assert result.summary.events == 5 and len(result.rows) == 5
+    assert result.summary.stop_reason == "max-events"
+
+
+def test_setup_failure_is_reported_not_raised() -> None:
+    class Broken(Base):
+        def setup(self) -> None:
+            raise FileNotFoundError("weights.pth")
+
+        def process(self, event: GCSFileEvent) -> Row:
+            raise AssertionError("never called")
+
+    result = run_processor(Broken(), events(1))
+    assert result.summary.stop_reason == "error"
+    assert "FileNotFoundError: weights.pth" in (result.summary.error or "")
+
+
+# --- ack-after-write and sink retries, with a sink double --------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FlakySink(InMemorySink):
+    failures: int = 2
+
+
+class _FlakyRuntime(SinkRuntime):
+    def __init__(self, decl: FlakySink, log: list[str]) -> None:
+        self.decl, self.log, self.left = decl, log, decl.failures
+
+    async def write(self, records: Sequence[OutputRecord]) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.log.append("fail")
+            raise TransientSinkError("table is locked")
+        self.log.append(f"write {len(records)}")
+        await InMemorySinkProvider(self.decl, _ENV).open(TableSchema(())).write(records)
+
+
+class FlakyProvider(SinkProvider):
+    log: list[str] = []
+
+    def resources(self, schema: TableSchema) -> list[Resource]:
+        return []
+
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        assert isinstance(self.declaration, FlakySink)
+        return _FlakyRuntime(self.declaration, self.log)
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        raise NotImplementedError
+
+
+_ENV = Environment(name="local", state_dir=Environment.resolve("local").state_dir)
+
+
+def test_transient_sink_errors_are_retried_and_events_acked_only_after_the_write() -> None:
+    class P(Base):
+        max_batch_size = 10
+
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, 0)
+
+    spec = inspect_processor(P())
+    src_provider = InMemorySourceProvider(InMemorySource(tuple(events(3))), _ENV)
+    opened: list[Any] = []
+    original_open = src_provider.open
+
+    def open_and_keep(consumer: str) -> Any:
+        s = original_open(consumer)
+        real_ack = s.ack
+
+        async def ack(envs: Any) -> None:
+            FlakyProvider.log.append(f"ack {len(envs)}")
+            await real_ack(envs)
+
+        s.ack = ack  # type: ignore[method-assign]
+        opened.append(s)
+        return s
+
+    src_provider.open = open_and_keep  # type: ignore[method-assign]
+    FlakyProvider.log = []
+    bound = BoundProcessor(
+        spec=spec,
+        source=src_provider,
+        sink=FlakyProvider(FlakySink("flaky", failures=2), _ENV),
+        dead_letter=InMemorySinkProvider(InMemorySink("flaky.dl"), _ENV),
+    )
+    opts = RunOptions(until_idle=True, idle_grace_ms=0, handle_signals=False, sink_retry_initial_ms=10)
+    summary = InProcessRuntime().run([bound], opts)
+    assert FlakyProvider.log == ["fail", "fail", "write 3", "ack 3"]
+    assert summary.processors[0].sink_retries == 2
+    assert len(sink_rows("flaky")) == 3
+    assert opened[0].acked and len(opened[0].acked) == 3
+
+
+def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down() -> None:
+    """With the sink down, the source is pulled only a bounded number of micro-batches
+    ahead; after SIGTERM the drain cannot finish, so the run stops hard at the drain
+    deadline without acking anything."""
+
+    class P(Base):
+        max_batch_size = 2
+        max_batch_latency_ms = 0
+
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, 0)
+
+    spec = inspect_processor(P())
+    src = InMemorySourceProvider(InMemorySource(tuple(events(40))), _ENV)
+    opened: list[Any] = []
+    original_open = src.open
+    src.open = lambda consumer: opened.append(original_open(consumer)) or opened[-1]  # type: ignore[method-assign]
+    bound = BoundProcessor(
+        spec=spec,
+        source=src,
+        sink=FlakyProvider(FlakySink("down", failures=10**9), _ENV),
+        dead_letter=InMemorySinkProvider(InMemorySink("down.dl"), _ENV),
+    )
+    opts = RunOptions(sink_retry_initial_ms=5, sink_retry_max_ms=10, drain_timeout_s=0.3,
+                      max_inflight_batches=2)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    summary = InProcessRuntime().run([bound], opts)
+    timer.join()
+    (source,) = opened
+    pulled = 40 - len(source.pending)
+    # writer 1 + write queue 2 + processor 1 + pull queue 2 + puller 1 batches of 2 events
+    assert 0 < pulled <= 14
+    assert source.acked == [] and sink_rows("down") == []
+    assert summary.stop_reason == "hard-stop"
