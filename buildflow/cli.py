@@ -208,17 +208,29 @@ def destroy_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes
         raise _fail(e) from e
 
 
-def _progress_text(stats: list[ProcessorStats], elapsed: float) -> Text:
-    parts = []
-    for s in stats:
-        rate = s.events / elapsed if elapsed > 0 else 0.0
-        loads = s.metrics.get("model_loads")
-        parts.append(
-            f"{s.name}: {s.events} events, {s.rows} rows, {s.dead_letters} dead-lettered, "
-            f"{rate:.1f} events/s, backlog {s.backlog if s.backlog is not None else '?'}"
-            + (f", model loads {int(loads)}" if loads is not None else "")
-        )
-    return Text(f"[{elapsed:6.1f}s] " + " | ".join(parts))
+class _Progress:
+    """Formats the live progress line; the rate is over the last few seconds (EWMA)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+        self._rate: dict[str, float] = {}
+
+    def text(self, stats: list[ProcessorStats], elapsed: float) -> Text:
+        parts = []
+        for s in stats:
+            t0, n0 = self._last.get(s.name, (0.0, 0))
+            if elapsed > t0:
+                inst = (s.events - n0) / (elapsed - t0)
+                self._rate[s.name] = 0.5 * inst + 0.5 * self._rate.get(s.name, inst)
+            self._last[s.name] = (elapsed, s.events)
+            loads = s.metrics.get("model_loads")
+            parts.append(
+                f"{s.name}: {s.events} events, {s.rows} rows, {s.dead_letters} dead-lettered, "
+                f"{self._rate.get(s.name, 0.0):.1f} events/s, "
+                f"backlog {s.backlog if s.backlog is not None else '?'}"
+                + (f", model loads {int(loads)}" if loads is not None else "")
+            )
+        return Text(f"[{elapsed:6.1f}s] " + " | ".join(parts))
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -278,9 +290,10 @@ def run_cmd(
     )
     live_on = progress and err.is_terminal
     if live_on:
+        line = _Progress()
         with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
             summary = InProcessRuntime().run(
-                bound, options, on_progress=lambda s, t: live.update(_progress_text(s, t))
+                bound, options, on_progress=lambda s, t: live.update(line.text(s, t))
             )
     else:
         summary = InProcessRuntime().run(bound, options)

@@ -84,6 +84,11 @@ class ImageClassificationProcessor(buildflow.Processor):
         if self.max_pixels is None:
             self.max_pixels = DEFAULT_MAX_PIXELS
         self.model = load_model(self.model_name, weights_path=self.weights_path, device=self.device)
+        # One forward pass now, so the first real event does not pay for lazy allocation.
+        import torch
+
+        side = self.model.preprocessing.crop_size
+        self.model.predict_proba(torch.zeros(1, 3, side, side, device=self.device))
         self.metrics.increment("model_loads")
         self.metrics.observe("load_model_latency_ms", self.model.load_latency_ms)
         self._pool = concurrent.futures.ThreadPoolExecutor(
