@@ -91,59 +91,85 @@ def create_table_sql(schema_name: str, table: str, schema: TableSchema) -> str:
 
 
 # --- reading DuckDB types back into schema fields (for plan's diff) ---------------
-_TOKEN = re.compile(r'\s*("(?:[^"]|"")*"|\[\]|[A-Za-z_][A-Za-z0-9_ ]*?(?=[\s(),\[]|$)|[(),])')
+# DuckDB prints TIMESTAMPTZ as the four words ``TIMESTAMP WITH TIME ZONE``: one token.
+_TOKEN = re.compile(
+    r'\s*("(?:[^"]|"")*"|\[\]|(?i:TIMESTAMP|TIME)\s+(?i:WITH\s+TIME\s+ZONE)\b'
+    r"|[A-Za-z_][A-Za-z0-9_]*|\d+|[(),])"
+)
 
 
 def _tokens(text: str) -> list[str]:
     out: list[str] = []
     pos = 0
     while pos < len(text):
+        if text[pos:].isspace():
+            break
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise ValueError(f"cannot parse DuckDB type {text!r} at {pos}")
-        out.append(m.group(1).strip())
+        out.append(" ".join(m.group(1).split()))
         pos = m.end()
-    return [t for t in out if t]
+    return out
 
 
 def parse_duckdb_type(name: str, text: str, nullable: bool = True) -> SchemaField:
     """Parse a DuckDB type string (as ``DESCRIBE`` prints it) into a :class:`SchemaField`.
 
-    Types outside the mapping (e.g. ``INTEGER``) keep their DuckDB name as the field type,
-    so the diff reports them as a type change.
+    Nested fields come back ``NULLABLE`` (or ``REPEATED``): DuckDB has no NOT NULL inside a
+    STRUCT.
+
+    Raises:
+        ValueError: the type cannot be parsed, or it has no row-schema equivalent (e.g.
+            ``INTEGER``, a naive ``TIMESTAMP``, ``DECIMAL(18,3)``, ``MAP(...)``); ``plan``
+            reports such a column as a conflict.
     """
     toks = _tokens(text)
     pos = 0
 
-    def parse(fname: str) -> tuple[str, tuple[SchemaField, ...], bool]:
+    def expect(tok: str) -> None:
+        nonlocal pos
+        if toks[pos] != tok:
+            raise ValueError(f"cannot parse DuckDB type {text!r}: expected {tok!r}, got {toks[pos]!r}")
+        pos += 1
+
+    def parse() -> tuple[str, tuple[SchemaField, ...], bool]:
         nonlocal pos
         tok = toks[pos]
         pos += 1
         if tok.upper() == "STRUCT":
-            assert toks[pos] == "("
-            pos += 1
+            expect("(")
             children = []
             while toks[pos] != ")":
                 cname = toks[pos]
                 cname = cname[1:-1].replace('""', '"') if cname.startswith('"') else cname
                 pos += 1
-                ctype, cfields, crep = parse(cname)
+                ctype, cfields, crep = parse()
                 children.append(
                     SchemaField(cname, ctype, "REPEATED" if crep else "NULLABLE", cfields)  # type: ignore[arg-type]
                 )
-                if toks[pos] == ",":
-                    pos += 1
+                if toks[pos] != ")":
+                    expect(",")
             pos += 1
             ftype, fields = "RECORD", tuple(children)
+        elif tok.upper() in _SCALAR_BACK:
+            ftype, fields = _SCALAR_BACK[tok.upper()], ()
         else:
-            ftype, fields = _SCALAR_BACK.get(tok.upper(), tok.upper()), ()
+            raise ValueError(
+                f"DuckDB type {text!r}: {tok!r} has no row-schema equivalent; buildflow maps "
+                f"only {', '.join(sorted(_SCALAR_BACK))} and STRUCT(...), each optionally []"
+            )
         repeated = False
         if pos < len(toks) and toks[pos] == "[]":
             pos += 1
             repeated = True
         return ftype, fields, repeated
 
-    ftype, fields, repeated = parse(name)
+    try:
+        ftype, fields, repeated = parse()
+    except IndexError:
+        raise ValueError(f"cannot parse DuckDB type {text!r}: it ends too early") from None
+    if pos != len(toks):
+        raise ValueError(f"cannot parse DuckDB type {text!r}: unexpected {toks[pos]!r}")
     mode = "REPEATED" if repeated else ("NULLABLE" if nullable else "REQUIRED")
     return SchemaField(name, ftype, mode, fields)  # type: ignore[arg-type]
 
@@ -234,10 +260,29 @@ class DuckDBTableResource(Resource):
                 f"table was not created by buildflow: missing columns {missing_meta}; "
                 "drop it or choose another table name"
             )
-        existing = TableSchema(
-            tuple(parse_duckdb_type(n, t, nullable) for n, t, nullable in cols if n not in meta)
+        # A column whose DuckDB type has no row-schema equivalent (INTEGER, a naive
+        # TIMESTAMP, DECIMAL, MAP, ...) is a conflict when declared, or when it is NOT NULL
+        # (inserts would fail); it is left out of the schema diff either way.
+        declared_by_name = {f.name.lower(): f for f in self.schema.fields}
+        parsed: list[SchemaField] = []
+        unmapped: set[str] = set()
+        for n, t, nullable in cols:
+            if n in meta:
+                continue
+            try:
+                parsed.append(parse_duckdb_type(n, t, nullable))
+            except ValueError as e:
+                unmapped.add(n.lower())
+                want = declared_by_name.get(n.lower())
+                if want is not None:
+                    declared_as = f"{want.field_type} {want.mode}"
+                    conflicts.append(f"field {want.name!r}: declared {declared_as}, table has {e}")
+                elif not nullable:
+                    conflicts.append(f"field {n!r}: not declared, table has {t} NOT NULL")
+        existing = TableSchema(tuple(parsed))
+        declared = TableSchema(
+            tuple(_nested_nullable(f) for f in self.schema.fields if f.name.lower() not in unmapped)
         )
-        declared = TableSchema(tuple(_nested_nullable(f) for f in self.schema.fields))
         updates: list[str] = []
         for d in diff_schemas(declared, existing):
             if d.kind == "extra_in_existing" and d.existing and "REQUIRED" not in d.existing:

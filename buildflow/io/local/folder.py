@@ -142,9 +142,10 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
             return None
         return _Object(rel, st.st_mtime_ns, st.st_size)
 
-    def _scan(self) -> list[_Object]:
+    def _scan(self, under: str = "") -> list[_Object]:
+        """List the objects under the folder ``under`` (relative; default the root)."""
         found: list[_Object] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+        for dirpath, dirnames, filenames in os.walk(self.root / under, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             base = Path(dirpath).relative_to(self.root)
             for f in sorted(filenames):
@@ -153,6 +154,23 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
                 if obj is not None:
                     found.append(obj)
         return found
+
+    def _examine(self, rels: Sequence[str]) -> list[tuple[str, _Object | None]]:
+        """Stat changed paths (blocking). A changed folder is listed whole: a folder moved
+        or copied in raises one event for itself and none for the files already inside
+        it (its inotify watch is added only after it appears)."""
+        out: list[tuple[str, _Object | None]] = []
+        for rel in rels:
+            if not _ignored(rel):
+                try:
+                    is_dir = stat.S_ISDIR(os.lstat(self.root / rel).st_mode)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    out.extend((o.name, o) for o in self._scan(rel))
+                    continue
+            out.append((rel, self._stat(rel)))
+        return out
 
     def _wanted(self, obj: _Object) -> bool:
         if self.decl.prefix and not obj.name.startswith(self.decl.prefix):
@@ -181,8 +199,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
 
     async def _consider(self, rels: Sequence[str]) -> None:
         """Stat changed paths, then admit them."""
-        objs = await self._io.run(lambda: [self._stat(r) for r in rels])
-        self._admit(list(zip(rels, objs)))
+        self._admit(await self._io.run(lambda: self._examine(rels)))
 
     def _admit(self, found: Sequence[tuple[str, _Object | None]]) -> None:
         """Queue settled objects; re-check the ones still being written later."""

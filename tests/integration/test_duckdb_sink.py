@@ -1,0 +1,480 @@
+"""DuckDB tables in the ``local`` environment: plan's diff against a real DuckDB file, the
+idempotent sink, and a lock held by another process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import duckdb
+import pytest
+
+from buildflow.environment import Environment
+from buildflow.errors import (
+    ProvisioningError,
+    ResourceConflictError,
+    ResourceMissingError,
+    TransientSinkError,
+)
+from buildflow.io.base import OutputRecord, SinkDeclaration, SinkRuntime
+from buildflow.io.duckdb import DuckDBTable
+from buildflow.io.gcp import BigQueryTable
+from buildflow.io.local.duckdb_sink import (
+    DuckDBTableProvider,
+    create_table_sql,
+    duckdb_type,
+    parse_duckdb_type,
+)
+from buildflow.provisioning import apply, plan
+from buildflow.schema import SchemaField, TableSchema, row_to_record, schema_from_dataclass
+
+T = TypeVar("T")
+UTC = datetime.timezone.utc  # noqa: UP017 (explicit for readers)
+
+# --- row dataclasses ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Label:
+    name: str
+    score: float
+    tags: list[str]
+
+
+@dataclasses.dataclass
+class Box:
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Row:
+    image: str
+    labels: list[Label]
+    taken_at: datetime.datetime
+    day: datetime.date
+    raw: bytes
+    note: Optional[str]  # noqa: UP045
+    box: Optional[Box]  # noqa: UP045
+
+
+@dataclasses.dataclass
+class RowWithNewOptionalColumns(Row):
+    extra: Optional[int] = None  # noqa: UP045
+    more: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RowWithNewRequiredColumn(Row):
+    extra: int = 0
+
+
+@dataclasses.dataclass
+class RowWithRetypedColumn:
+    image: int
+    labels: list[Label]
+    taken_at: datetime.datetime
+    day: datetime.date
+    raw: bytes
+    note: Optional[str]  # noqa: UP045
+    box: Optional[Box]  # noqa: UP045
+
+
+@dataclasses.dataclass
+class RowWithNullableImage:
+    image: Optional[str]  # noqa: UP045
+    labels: list[Label]
+    taken_at: datetime.datetime
+    day: datetime.date
+    raw: bytes
+    note: Optional[str]  # noqa: UP045
+    box: Optional[Box]  # noqa: UP045
+
+
+SCHEMA = schema_from_dataclass(Row)
+
+DECLARATIONS: list[SinkDeclaration] = [
+    BigQueryTable(table_id="proj-123.ds.t"),
+    DuckDBTable("ds.t"),
+    DuckDBTable("t", database="other/tables.duckdb"),
+]
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = 20.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Environment:
+    return Environment(name="local", state_dir=tmp_path / "state")
+
+
+@pytest.fixture
+def provider(env: Environment) -> DuckDBTableProvider:
+    return DuckDBTableProvider(BigQueryTable(table_id="proj-123.ds.t"), env)
+
+
+def created(provider: DuckDBTableProvider, schema: TableSchema = SCHEMA) -> DuckDBTableProvider:
+    apply(plan(provider.resources(schema)))
+    return provider
+
+
+def actions(provider: DuckDBTableProvider, schema: TableSchema) -> list[tuple[str, tuple[str, ...]]]:
+    return [(c.action, c.details) for c in plan(provider.resources(schema))]
+
+
+def record(event_id: str, row_index: int, row: object, schema: TableSchema = SCHEMA) -> OutputRecord:
+    return OutputRecord(event_id, row_index, row_to_record(row, schema))
+
+
+def sample_row(image: str = "a.jpg", **changes: Any) -> Row:
+    row = Row(
+        image=image,
+        labels=[Label("cat", 0.75, ["pet", "animal"]), Label("dog", 0.25, [])],
+        taken_at=datetime.datetime(
+            2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+        ),
+        day=datetime.date(2024, 5, 6),
+        raw=b"\x00\xffbytes",
+        note=None,
+        box=Box(1, 2),
+    )
+    return dataclasses.replace(row, **changes)
+
+
+async def write_and_close(sink: SinkRuntime, *batches: list[OutputRecord]) -> None:
+    try:
+        for batch in batches:
+            await sink.write(batch)
+    finally:
+        await sink.close()
+
+
+# --- plan: create, update, conflict --------------------------------------------------------
+
+
+@pytest.mark.parametrize("declaration", DECLARATIONS, ids=lambda d: d.describe())
+def test_created_table_matches_its_schema(env: Environment, declaration: SinkDeclaration) -> None:
+    p = DuckDBTableProvider(declaration, env)
+    [resource] = p.resources(SCHEMA)
+    assert resource.kind == "table"
+    assert actions(p, SCHEMA) == [("create", ())]
+    apply(plan([resource]))
+    assert actions(p, SCHEMA) == [("no change", ())]
+    target = p.target()
+    if isinstance(declaration, DuckDBTable) and declaration.database:
+        assert target.database == env.state_dir / "other" / "tables.duckdb"
+        assert resource.name == f"main.t ({target.database})"
+    else:
+        assert target.database == env.warehouse_path
+        assert resource.name == "ds.t"
+    cols, _ = p.query(f"SELECT * FROM {target.full_name}")
+    assert cols == [*SCHEMA.field_names(), "_event_id", "_row_index", "_written_at"]
+
+
+def test_create_table_sql_maps_every_type() -> None:
+    sql = create_table_sql("ds", "t", SCHEMA)
+    assert sql == (
+        'CREATE TABLE "ds"."t" (\n'
+        '  "image" VARCHAR NOT NULL,\n'
+        '  "labels" STRUCT("name" VARCHAR, "score" DOUBLE, "tags" VARCHAR[])[],\n'
+        '  "taken_at" TIMESTAMP WITH TIME ZONE NOT NULL,\n'
+        '  "day" DATE NOT NULL,\n'
+        '  "raw" BLOB NOT NULL,\n'
+        '  "note" VARCHAR,\n'
+        '  "box" STRUCT("x" BIGINT, "y" BIGINT),\n'
+        '  "_event_id" VARCHAR NOT NULL,\n'
+        '  "_row_index" INTEGER NOT NULL,\n'
+        '  "_written_at" TIMESTAMPTZ NOT NULL,\n'
+        '  PRIMARY KEY ("_event_id", "_row_index")\n'
+        ")"
+    )
+
+
+def test_added_optional_columns_are_an_update_that_apply_makes(provider: DuckDBTableProvider) -> None:
+    created(provider)
+    run(write_and_close(provider.open(SCHEMA), [record("e1", 0, sample_row())]))
+    new_schema = schema_from_dataclass(RowWithNewOptionalColumns)
+    [(action, details)] = actions(provider, new_schema)
+    assert action == "update"
+    assert details == (
+        "field 'extra': declared INT64 NULLABLE, table has no such field",
+        "field 'more': declared STRING REPEATED, table has no such field",
+    )
+    with pytest.raises(ProvisioningError, match="does not match the row schema"):
+        provider.open(new_schema)
+    apply(plan(provider.resources(new_schema)))
+    assert actions(provider, new_schema) == [("no change", ())]
+    # The old code still fits: the new columns are NULLABLE / REPEATED, not declared there.
+    assert actions(provider, SCHEMA) == [("no change", ())]
+    _, rows = provider.query("SELECT image, extra, more FROM ds.t")
+    assert rows == [("a.jpg", None, None)]
+
+
+def test_relaxing_not_null_is_an_update(provider: DuckDBTableProvider) -> None:
+    created(provider)
+    relaxed = schema_from_dataclass(RowWithNullableImage)
+    assert actions(provider, relaxed) == [
+        ("update", ("field 'image': declared STRING NULLABLE, table has STRING REQUIRED",))
+    ]
+    apply(plan(provider.resources(relaxed)))
+    assert actions(provider, relaxed) == [("no change", ())]
+
+
+@pytest.mark.parametrize(
+    ("row_type", "detail"),
+    [
+        (RowWithRetypedColumn, "field 'image': declared INT64 REQUIRED, table has STRING REQUIRED"),
+        (RowWithNewRequiredColumn, "field 'extra': declared INT64 REQUIRED, table has no such field"),
+    ],
+)
+def test_retyped_or_new_required_columns_are_conflicts(
+    provider: DuckDBTableProvider, row_type: type, detail: str
+) -> None:
+    created(provider)
+    schema = schema_from_dataclass(row_type)
+    assert actions(provider, schema) == [("conflict", (detail,))]
+    with pytest.raises(ResourceConflictError, match="nothing was changed"):
+        apply(plan(provider.resources(schema)))
+    with pytest.raises(ProvisioningError, match="does not match the row schema") as info:
+        provider.open(schema)
+    assert not isinstance(info.value, ResourceMissingError)
+
+
+def test_a_table_without_buildflow_columns_is_a_conflict(
+    env: Environment, provider: DuckDBTableProvider
+) -> None:
+    env.state_dir.mkdir(parents=True)
+    with duckdb.connect(str(env.warehouse_path)) as con:
+        con.execute("CREATE SCHEMA ds")
+        con.execute(create_table_sql("ds", "t", SCHEMA).split(',\n  "_event_id"')[0] + ")")
+    [(action, details)] = actions(provider, SCHEMA)
+    assert action == "conflict"
+    assert details == (
+        "table was not created by buildflow: missing columns ['_event_id', '_row_index', "
+        "'_written_at']; drop it or choose another table name",
+    )
+
+
+def test_columns_of_types_buildflow_does_not_map(env: Environment, provider: DuckDBTableProvider) -> None:
+    """A column DuckDB types as INTEGER, naive TIMESTAMP, DECIMAL... is a conflict when
+    declared or NOT NULL, and ignored when it is an extra NULLABLE column."""
+    created(provider)
+    with duckdb.connect(str(env.warehouse_path)) as con:
+        con.execute("ALTER TABLE ds.t ADD COLUMN extra_nullable DECIMAL(18, 3)")
+    assert actions(provider, SCHEMA) == [("no change", ())]
+    with duckdb.connect(str(env.warehouse_path)) as con:
+        con.execute("ALTER TABLE ds.t ALTER COLUMN taken_at SET DATA TYPE TIMESTAMP")
+        con.execute("ALTER TABLE ds.t ADD COLUMN extra_required INTEGER DEFAULT 0 NOT NULL")
+    [(action, details)] = actions(provider, SCHEMA)
+    assert action == "conflict"
+    assert len(details) == 2
+    assert details[0].startswith(
+        "field 'taken_at': declared TIMESTAMP REQUIRED, table has DuckDB type 'TIMESTAMP'"
+    )
+    assert details[1] == "field 'extra_required': not declared, table has INTEGER NOT NULL"
+    with pytest.raises(ProvisioningError, match="taken_at"):
+        provider.open(SCHEMA)
+
+
+# --- parse_duckdb_type ----------------------------------------------------------------------
+
+
+def _as_read_back(f: SchemaField, top: bool = True) -> SchemaField:
+    """What DuckDB can say about a field: no NOT NULL inside a STRUCT."""
+    mode = f.mode if top or f.mode == "REPEATED" else "NULLABLE"
+    return SchemaField(f.name, f.field_type, mode, tuple(_as_read_back(c, False) for c in f.fields))
+
+
+_SCALARS = ("STRING", "INT64", "FLOAT64", "BOOL", "BYTES", "TIMESTAMP", "DATE")
+_NESTED = SchemaField(
+    "rec",
+    "RECORD",
+    "REQUIRED",
+    (
+        SchemaField("x y", "STRING"),  # needs quotes
+        SchemaField('we"ird', "INT64", "NULLABLE"),  # a quote inside the quotes
+        SchemaField("select", "BOOL"),  # a keyword
+        SchemaField("Mixed_Case", "DATE"),
+        *(SchemaField(f"s_{t.lower()}", t) for t in _SCALARS),  # every type inside a STRUCT
+        SchemaField("when", "TIMESTAMP", "REPEATED"),  # a list in a struct
+        SchemaField(
+            "items",  # a list of structs in a struct, holding lists and a struct
+            "RECORD",
+            "REPEATED",
+            (
+                SchemaField("tags", "STRING", "REPEATED"),
+                SchemaField("at", "TIMESTAMP", "NULLABLE"),
+                SchemaField("inner", "RECORD", fields=(SchemaField("v", "FLOAT64", "REPEATED"),)),
+            ),
+        ),
+    ),
+)
+ROUND_TRIP_FIELDS = [
+    *(
+        SchemaField(f"c_{t.lower()}_{m.lower()}", t, m)
+        for t in _SCALARS
+        for m in ("REQUIRED", "NULLABLE", "REPEATED")
+    ),
+    _NESTED,
+    dataclasses.replace(_NESTED, name="recs", mode="REPEATED"),
+    *(f for f in SCHEMA.fields if f.field_type == "RECORD"),
+]
+
+
+@pytest.mark.parametrize("field", ROUND_TRIP_FIELDS, ids=lambda f: f.name)
+def test_parse_duckdb_type_round_trips_duckdb_type(tmp_path: Path, field: SchemaField) -> None:
+    expected = _as_read_back(field)
+    nullable = field.mode != "REQUIRED"
+    assert parse_duckdb_type(field.name, duckdb_type(field), nullable) == expected
+    # ... and what DuckDB itself prints for that column (names unquoted where it can).
+    with duckdb.connect(str(tmp_path / "types.duckdb")) as con:
+        con.execute("CREATE SCHEMA s")
+        con.execute(create_table_sql("s", "t", TableSchema((field,))))
+        [(printed, is_nullable)] = con.execute(
+            "SELECT data_type, is_nullable = 'YES' FROM information_schema.columns "
+            "WHERE table_name = 't' AND column_name = ?",
+            [field.name],
+        ).fetchall()
+    assert parse_duckdb_type(field.name, printed, is_nullable) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "INTEGER",
+        "TIMESTAMP",  # naive: not TIMESTAMPTZ
+        "DECIMAL(18,3)",
+        "MAP(VARCHAR, BIGINT)",
+        "STRUCT(a INTEGER)",
+        "STRUCT(a BIGINT",
+        "STRUCT(a BIGINT b BIGINT)",
+        "BIGINT BIGINT",
+        "VARCHAR[3]",
+        "",
+    ],
+)
+def test_parse_duckdb_type_rejects_types_without_a_row_schema_equivalent(text: str) -> None:
+    with pytest.raises(ValueError, match="DuckDB type"):
+        parse_duckdb_type("c", text)
+
+
+# --- the sink -------------------------------------------------------------------------------
+
+
+def test_sink_writes_nested_rows_idempotently(provider: DuckDBTableProvider) -> None:
+    created(provider)
+    first = sample_row("a.jpg")
+    second = sample_row("b.jpg", labels=[], note="n", box=None, raw=b"")
+    batch1 = [record("e1", 0, first), record("e1", 1, second), record("e2", 0, second)]
+    # The redelivered (e1, 0) carries other values: the row already written is kept.
+    batch2 = [record("e1", 0, sample_row("changed.jpg")), record("e3", 0, first)]
+    run(write_and_close(provider.open(SCHEMA), batch1, batch2, batch1))
+
+    cols, rows = provider.query("SELECT * EXCLUDE (_written_at) FROM ds.t ORDER BY _event_id, _row_index")
+    assert cols == [*SCHEMA.field_names(), "_event_id", "_row_index"]
+    as_dicts = [dict(zip(cols, r)) for r in rows]
+    assert [(r["_event_id"], r["_row_index"], r["image"]) for r in as_dicts] == [
+        ("e1", 0, "a.jpg"),
+        ("e1", 1, "b.jpg"),
+        ("e2", 0, "b.jpg"),
+        ("e3", 0, "a.jpg"),
+    ]
+    a, b = as_dicts[0], as_dicts[1]
+    assert a["labels"] == [
+        {"name": "cat", "score": 0.75, "tags": ["pet", "animal"]},
+        {"name": "dog", "score": 0.25, "tags": []},
+    ]
+    assert a["taken_at"] == datetime.datetime(2024, 5, 6, 5, 8, 9, 123456, tzinfo=UTC)
+    assert a["day"] == datetime.date(2024, 5, 6)
+    assert a["raw"] == b"\x00\xffbytes"
+    assert a["note"] is None and a["box"] == {"x": 1, "y": 2}
+    assert b["labels"] == [] and b["note"] == "n" and b["box"] is None and b["raw"] == b""
+
+    _, [(written_at,)] = provider.query("SELECT max(_written_at) FROM ds.t")
+    assert written_at.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(UTC) - written_at).total_seconds()) < 60
+
+
+def test_write_to_a_dropped_table_is_transient(env: Environment, provider: DuckDBTableProvider) -> None:
+    created(provider)
+    sink = provider.open(SCHEMA)
+    with duckdb.connect(str(env.warehouse_path)) as con:
+        con.execute("DROP TABLE ds.t")
+    with pytest.raises(TransientSinkError, match="buildflow plan"):
+        run(write_and_close(sink, [record("e1", 0, sample_row())]))
+
+
+@contextlib.contextmanager
+def held_open_by_another_process(database: Path) -> Iterator[None]:
+    """Another process holds ``database`` open read-write until the block ends."""
+    code = (
+        "import sys, duckdb\n"
+        "con = duckdb.connect(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+        "con.close()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert proc.stdout.readline() == "ready\n"  # returns "" if the process died
+            yield
+        finally:
+            proc.stdin.close()  # the holder's stdin.read() returns: it closes and exits
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+
+
+def test_a_write_while_another_process_holds_the_file_is_transient_then_succeeds(
+    provider: DuckDBTableProvider,
+) -> None:
+    created(provider)
+    sink = provider.open(SCHEMA)
+    batch = [record("e1", 0, sample_row())]
+
+    async def main() -> None:
+        try:
+            with held_open_by_another_process(provider.target().database):
+                started = time.monotonic()
+                with pytest.raises(TransientSinkError, match="locked by another process"):
+                    await sink.write(batch)
+                assert time.monotonic() - started >= 1.5  # it waited for the lock first
+            await sink.write(batch)  # the holder has exited: the same batch goes through
+        finally:
+            await sink.close()
+
+    run(main())
+    assert provider.query("SELECT _event_id, image FROM ds.t")[1] == [("e1", "a.jpg")]
+
+
+# --- open() ---------------------------------------------------------------------------------
+
+
+def test_open_says_what_is_missing(env: Environment, provider: DuckDBTableProvider) -> None:
+    with pytest.raises(ResourceMissingError, match="warehouse.duckdb' does not exist; run `buildflow plan"):
+        provider.open(SCHEMA)
+    with pytest.raises(ResourceMissingError, match="does not exist"):
+        provider.query("SELECT 1")
+    other = DuckDBTableProvider(BigQueryTable(table_id="ds.other"), env)
+    created(other)  # the file and the dataset exist, the table does not
+    with pytest.raises(ResourceMissingError, match=r"table ds\.t does not exist in .*; run `buildflow plan"):
+        provider.open(SCHEMA)
+    created(provider)
+    run(write_and_close(provider.open(SCHEMA)))
