@@ -40,7 +40,9 @@ def bare_ceiling(photos: list[bytes], batch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
@@ -50,16 +52,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         cli = [sys.executable, "-m", "buildflow.cli"]
-        subprocess.run([*cli, "plan", "main:app", "--yes", "--state-dir", str(state)],
-                       cwd=REPO, check=True, capture_output=True)
+        subprocess.run(
+            [*cli, "plan", "main:app", "--yes", "--state-dir", str(state)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         paths = write_samples(state / "buckets" / "buildflow-images", copies=args.images)
         summary_path = Path(tmp) / "summary.json"
         load_before = os.getloadavg()[0]
         t0 = time.monotonic()
         proc = subprocess.run(
-            [*cli, "run", "main:app", "--until-idle", "--state-dir", str(state),
-             "--summary-json", str(summary_path)],
-            cwd=REPO, capture_output=True, text=True,
+            [
+                *cli,
+                "run",
+                "main:app",
+                "--until-idle",
+                "--state-dir",
+                str(state),
+                "--summary-json",
+                str(summary_path),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         wall = time.monotonic() - t0
         if proc.returncode != 0:
@@ -79,8 +95,10 @@ def main() -> None:
         ("process start to first row", f"{setup_s + s['first_row_s']:.2f} s"),
         ("model loads", str(s["processors"][0]["metrics"].get("model_loads"))),
         ("peak RSS of the run process", f"{s['peak_rss_mb']:.0f} MB"),
-        ("receive-to-row p50 / p95 (backlog: includes queueing)",
-         f"{s['processors'][0]['latency_p50_ms']:.0f} / {s['processors'][0]['latency_p95_ms']:.0f} ms"),
+        (
+            "receive-to-row p50 / p95 (backlog: includes queueing)",
+            f"{s['processors'][0]['latency_p50_ms']:.0f} / {s['processors'][0]['latency_p95_ms']:.0f} ms",
+        ),
     ]
     if bare is not None:
         rows += [

@@ -1,20 +1,20 @@
 """buildflow: declarative stream processors, planned, run and destroyed with one command.
 
-    import buildflow
-    from buildflow import Node
+import buildflow
+from buildflow import Node
 
-    class Classify(buildflow.Processor):
-        def source(self):
-            return buildflow.io.GCSFileStream(bucket_name="photos")
+class Classify(buildflow.Processor):
+    def source(self):
+        return buildflow.io.GCSFileStream(bucket_name="photos")
 
-        def sink(self):
-            return buildflow.io.BigQueryTable(table_id="demo.predictions")
+    def sink(self):
+        return buildflow.io.BigQueryTable(table_id="demo.predictions")
 
-        def process(self, event: buildflow.io.GCSFileEvent) -> Row:
-            ...
+    def process(self, event: buildflow.io.GCSFileEvent) -> Row:
+        ...
 
-    app = Node()
-    app.add(Classify())
+app = Node()
+app.add(Classify())
 """
 
 from buildflow import io as io

@@ -151,8 +151,13 @@ def _confirm(question: str, yes: bool) -> bool:
 
 
 @cli.command("plan")
-def plan_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: YesOpt = False,
-             log_level: LogOpt = "info") -> None:
+def plan_cmd(
+    app: AppArg,
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    yes: YesOpt = False,
+    log_level: LogOpt = "info",
+) -> None:
     """Show what the app declares against what exists (create / update / no change /
     conflict), then apply after confirmation."""
     _configure_logging(log_level)
@@ -163,10 +168,14 @@ def plan_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: Y
         _print_changes(f"plan for {node.name!r} in {environment.name!r} ({environment.state_dir})", changes)
         conflicts = [c for c in changes if c.action == "conflict"]
         if conflicts:
-            err.print(Text(
-                f"error: {len(conflicts)} conflict(s): the existing resources differ from the "
-                "declarations in ways plan will not change. Change the row dataclass back, use a "
-                "new table name, or destroy the old resource.", style="bold red"))
+            err.print(
+                Text(
+                    f"error: {len(conflicts)} conflict(s): the existing resources differ from the "
+                    "declarations in ways plan will not change. Change the row dataclass back, use a "
+                    "new table name, or destroy the old resource.",
+                    style="bold red",
+                )
+            )
             raise typer.Exit(1)
         todo = [c for c in changes if c.action in ("create", "update")]
         if not todo:
@@ -182,10 +191,16 @@ def plan_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: Y
 
 
 @cli.command("destroy")
-def destroy_cmd(app: AppArg, env: EnvOpt = None, state_dir: StateOpt = None, yes: YesOpt = False,
-                force: Annotated[bool, typer.Option(
-                    "--force", help="Also delete protected tables and non-empty buckets.")] = False,
-                log_level: LogOpt = "info") -> None:
+def destroy_cmd(
+    app: AppArg,
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    yes: YesOpt = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also delete protected tables and non-empty buckets.")
+    ] = False,
+    log_level: LogOpt = "info",
+) -> None:
     """Delete what the app manages. Refuses protected resources unless --force."""
     _configure_logging(log_level)
     try:
@@ -235,16 +250,29 @@ class _Progress:
 
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title=f"run summary (stopped: {summary.stop_reason})", title_justify="left")
-    for col in ("processor", "events", "rows", "dead letters", "setup calls", "model loads",
-                "p50 ms", "p95 ms"):
+    for col in (
+        "processor",
+        "events",
+        "rows",
+        "dead letters",
+        "setup calls",
+        "model loads",
+        "p50 ms",
+        "p95 ms",
+    ):
         table.add_column(col, justify="right" if col != "processor" else "left")
     for s in summary.processors:
         p50, p95 = s.latency_percentile_ms(50), s.latency_percentile_ms(95)
         loads = s.metrics.get("model_loads")
         table.add_row(
-            s.name, str(s.events), str(s.rows), str(s.dead_letters), str(s.setup_calls),
+            s.name,
+            str(s.events),
+            str(s.rows),
+            str(s.dead_letters),
+            str(s.setup_calls),
             str(int(loads)) if loads is not None else "-",
-            f"{p50:.0f}" if p50 is not None else "-", f"{p95:.0f}" if p95 is not None else "-",
+            f"{p50:.0f}" if p50 is not None else "-",
+            f"{p95:.0f}" if p95 is not None else "-",
         )
     out.print(table)
     first = f"{summary.first_row_s:.2f} s" if summary.first_row_s is not None else "-"
@@ -260,16 +288,21 @@ def run_cmd(
     app: AppArg,
     env: EnvOpt = None,
     state_dir: StateOpt = None,
-    until_idle: Annotated[bool, typer.Option(
-        "--until-idle", help="Stop once every source is drained and every sink flushed.")] = False,
-    max_events: Annotated[int | None, typer.Option(
-        "--max-events", min=1, help="Stop after this many events, then drain.")] = None,
-    drain_timeout_s: Annotated[float, typer.Option(
-        "--drain-timeout-s", help="Seconds in-flight events get to finish after a stop.")] = 30.0,
-    summary_json: Annotated[Path | None, typer.Option(
-        "--summary-json", help="Also write the run summary as JSON to this file.")] = None,
-    progress: Annotated[bool, typer.Option(
-        "--progress/--no-progress", help="Live progress line (default: on a terminal).")] = True,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once every source is drained and every sink flushed.")
+    ] = False,
+    max_events: Annotated[
+        int | None, typer.Option("--max-events", min=1, help="Stop after this many events, then drain.")
+    ] = None,
+    drain_timeout_s: Annotated[
+        float, typer.Option("--drain-timeout-s", help="Seconds in-flight events get to finish after a stop.")
+    ] = 30.0,
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Live progress line (default: on a terminal).")
+    ] = True,
     log_level: LogOpt = "info",
 ) -> None:
     """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
@@ -325,8 +358,9 @@ def query_cmd(
     sql: Annotated[str, typer.Argument(help="SQL, e.g. 'SELECT * FROM image_classification.predictions'.")],
     env: EnvOpt = None,
     state_dir: StateOpt = None,
-    processor: Annotated[str | None, typer.Option(
-        "--processor", help="Whose sink to query (default: the first processor's).")] = None,
+    processor: Annotated[
+        str | None, typer.Option("--processor", help="Whose sink to query (default: the first processor's).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
     log_level: LogOpt = "warning",
 ) -> None:
@@ -354,15 +388,17 @@ def query_cmd(
     elif fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(cols)
-        w.writerows([[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else v for v in r]
-                     for r in rows])
+        w.writerows(
+            [[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else v for v in r] for r in rows]
+        )
     else:
         table = Table(show_lines=False)
         for c in cols:
             table.add_column(c, overflow="fold")
         for r in rows:
-            table.add_row(*[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else str(_jsonable(v))
-                            for v in r])
+            table.add_row(
+                *[json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else str(_jsonable(v)) for v in r]
+            )
         out.print(table)
         out.print(f"{len(rows)} row(s)")
 

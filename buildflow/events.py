@@ -94,8 +94,6 @@ class GCSFileEvent:
             "objectId": name,
             "objectGeneration": str(generation),
             "eventType": "OBJECT_FINALIZE",
-            "eventTime": event_time.astimezone(datetime.UTC)
-            .isoformat()
-            .replace("+00:00", "Z"),
+            "eventTime": event_time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
             "payloadFormat": "JSON_API_V1",
         }

@@ -102,7 +102,9 @@ class Node:
 
         return register
 
-    def environment(self, env: str | None = None, state_dir: str | os.PathLike[str] | None = None) -> Environment:
+    def environment(
+        self, env: str | None = None, state_dir: str | os.PathLike[str] | None = None
+    ) -> Environment:
         """Resolve an environment for this app (see :meth:`Environment.resolve`)."""
         return Environment.resolve(env, app_dir=self.app_dir, state_dir=state_dir)
 

@@ -156,7 +156,7 @@ class FunctionProcessor(Processor):
         self._sink = sink
         self._dead_letter = dead_letter
         self.batched = batched
-        self._name = name or getattr(fn, "__name__", "processor")
+        self._name: str = name or str(getattr(fn, "__name__", "processor"))
         if max_batch_size is not None:
             self.max_batch_size = max_batch_size  # type: ignore[misc]
         if max_batch_latency_ms is not None:
@@ -208,8 +208,7 @@ def _strip(tp: Any) -> list[Any]:
     return [
         m
         for m in members
-        if m is not type(None)
-        and not (isinstance(m, type) and issubclass(m, BaseException))
+        if m is not type(None) and not (isinstance(m, type) and issubclass(m, BaseException))
     ]
 
 

@@ -137,9 +137,7 @@ def apply(changes: Sequence[Change]) -> None:
     conflicts = [c for c in changes if c.action == "conflict"]
     if conflicts:
         lines = [f"{c.resource.kind} {c.resource.name}: {d}" for c in conflicts for d in c.details]
-        raise ResourceConflictError(
-            "the plan has conflicts; nothing was changed:\n  " + "\n  ".join(lines)
-        )
+        raise ResourceConflictError("the plan has conflicts; nothing was changed:\n  " + "\n  ".join(lines))
     for c in changes:
         try:
             if c.action == "create":
@@ -149,9 +147,7 @@ def apply(changes: Sequence[Change]) -> None:
         except ProvisioningError:
             raise
         except Exception as e:
-            raise ProvisioningError(
-                f"{c.resource.kind} {c.resource.name}: {c.action} failed: {e}"
-            ) from e
+            raise ProvisioningError(f"{c.resource.kind} {c.resource.name}: {c.action} failed: {e}") from e
 
 
 def plan_destroy(resources: Sequence[Resource], *, force: bool = False) -> list[Change]:

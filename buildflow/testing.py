@@ -69,7 +69,9 @@ class BytesReader(BlobReader):
         return self.data
 
 
-def gcs_file_event(name: str, data: bytes, *, bucket: str = "test-bucket", generation: int | None = None) -> GCSFileEvent:
+def gcs_file_event(
+    name: str, data: bytes, *, bucket: str = "test-bucket", generation: int | None = None
+) -> GCSFileEvent:
     """A :class:`GCSFileEvent` for ``data``, as the bucket source would deliver it."""
     gen = generation if generation is not None else next(_ids)
     now = datetime.datetime.now(datetime.UTC)
@@ -133,7 +135,7 @@ class _Source(SourceRuntime[Any]):
         return str(getattr(event, "event_id", None) or f"memory#{i}")
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
-        out = []
+        out: list[Envelope[Any]] = []
         now = datetime.datetime.now(datetime.UTC)
         while self.pending and len(out) < max_events:
             i, ev = self.pending.popleft()

@@ -91,9 +91,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.model.predict_proba(torch.zeros(1, 3, side, side, device=self.device))
         self.metrics.increment("model_loads")
         self.metrics.observe("load_model_latency_ms", self.model.load_latency_ms)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.decode_threads, thread_name_prefix="decode"
-        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
 
     def teardown(self) -> None:
         if self._pool is not None:
@@ -132,7 +130,7 @@ class ImageClassificationProcessor(buildflow.Processor):
             probs = self.model.predict_proba(torch.stack([d[0] for d in ok]))  # type: ignore[misc]
             predictions = self.model.top_k(probs, self.top_k)
             infer_ms = (time.perf_counter() - t0) * 1000 / len(ok)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         out: list[ImageClassificationRow | Exception] = []
         it = iter(predictions)
         for event, d in zip(events, decoded):

@@ -40,7 +40,9 @@ class ImageClassificationRow:
     )
     event_id: str = dataclasses.field(metadata={"description": "bucket/object#generation"})
     model: str
-    image_width: int = dataclasses.field(metadata={"description": "decoded width, pixels (after EXIF rotation)"})
+    image_width: int = dataclasses.field(
+        metadata={"description": "decoded width, pixels (after EXIF rotation)"}
+    )
     image_height: int = dataclasses.field(metadata={"description": "decoded height, pixels"})
     processing_ms: float = dataclasses.field(
         metadata={"description": "decode + preprocess + this image's share of the batch's inference, ms"}

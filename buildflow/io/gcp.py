@@ -105,7 +105,7 @@ class BigQueryTable(SinkDeclaration):
 
     def __post_init__(self) -> None:
         parts = self.table_id.split(".") if isinstance(self.table_id, str) else []
-        ok = len(parts) in (2, 3) and _DATASET_RE.match(parts[-2]) and _TABLE_RE.match(parts[-1])
+        ok = bool(len(parts) in (2, 3) and _DATASET_RE.match(parts[-2]) and _TABLE_RE.match(parts[-1]))
         if ok and len(parts) == 3:
             ok = bool(_PROJECT_RE.match(parts[0]))
         if not ok:

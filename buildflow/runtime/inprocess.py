@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import random
 import resource
@@ -174,7 +175,7 @@ class _Worker:
                 batch = await self.pull_q.get()
                 if batch is _DONE:
                     return
-                result = await self.thread.run(lambda b=batch: self._process_sync(b))
+                result = await self.thread.run(functools.partial(self._process_sync, batch))
                 await self.write_q.put(result)
         finally:
             await self._put_done(self.write_q)
@@ -204,8 +205,11 @@ class _Worker:
             if len(events) == 1:
                 results = [batch_error]
             else:  # isolate the bad event(s): the good ones still get their rows
-                log.debug("processor %s: batch failed (%s); retrying one at a time",
-                          self.spec.name, _reason(batch_error))
+                log.debug(
+                    "processor %s: batch failed (%s); retrying one at a time",
+                    self.spec.name,
+                    _reason(batch_error),
+                )
                 results = []
                 for ev in events:
                     try:
@@ -286,7 +290,12 @@ class _Worker:
             self.stats.sink_retries += 1
             log.warning(
                 "processor %s: %s write of %d rows failed (attempt %d), retrying in <= %d ms: %s",
-                self.spec.name, what, len(records), attempt, delay_ms, _reason(err),
+                self.spec.name,
+                what,
+                len(records),
+                attempt,
+                delay_ms,
+                _reason(err),
             )
             # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
             await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
@@ -333,8 +342,10 @@ class _Run:
             )
             self.request_stop("signal")
         else:
-            log.warning("received %s again: stopping now; unfinished events will be redelivered",
-                        signal.Signals(signum).name)
+            log.warning(
+                "received %s again: stopping now; unfinished events will be redelivered",
+                signal.Signals(signum).name,
+            )
             self.stop_reason = "hard-stop"
             self.hard.set()
 
@@ -361,7 +372,7 @@ class InProcessRuntime(Runtime):
         workers = [_Worker(b, options, run) for b in processors]
         installed: list[int] = []
         if options.handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT.value, signal.SIGTERM.value):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, run.on_signal, sig)
                     installed.append(sig)
@@ -434,8 +445,9 @@ class InProcessRuntime(Runtime):
                     stopping = asyncio.create_task(asyncio.Event().wait())
                 if hard in done or (deadline is not None and time.monotonic() >= deadline and pending):
                     if not hard.done():
-                        log.error("drain did not finish within %.1f s; stopping now",
-                                  run.options.drain_timeout_s)
+                        log.error(
+                            "drain did not finish within %.1f s; stopping now", run.options.drain_timeout_s
+                        )
                     if run.stop_reason != "error":
                         run.stop_reason = "hard-stop"
                     run.hard.set()

@@ -29,14 +29,24 @@ TABLE = "image_classification.predictions"
 DEAD = "image_classification.buildflow_dead_letters"
 
 
-def buildflow(*args: str, state: Path, input: str | None = None, cwd: Path = REPO,
-              timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess[str]:
+def buildflow(
+    *args: str,
+    state: Path,
+    input: str | None = None,
+    cwd: Path = REPO,
+    timeout: float = 240,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BUILDFLOW_LOG_LEVEL": "info", "COLUMNS": "200"}
     env.pop("BUILDFLOW_ENV", None)
     proc = subprocess.run(
         [*BUILDFLOW, *args, "--state-dir", str(state)],
-        cwd=cwd, env=env, input=input if input is not None else "", capture_output=True,
-        text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -106,7 +116,9 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
     # the documented UNNEST query works
     cats = query(
         f"SELECT image_name, c.label FROM {TABLE}, UNNEST(classifications) AS t(c) "
-        "WHERE c.label = 'espresso'", state)
+        "WHERE c.label = 'espresso'",
+        state,
+    )
     assert [r["image_name"] for r in cats] == ["coffee.jpg"]
 
     dead = {r["object_name"]: r for r in query(f"SELECT * FROM {DEAD}", state)}
@@ -126,7 +138,7 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
     assert "create" in buildflow("plan", "main:app", state=state, input="n\n", check=False).stdout
 
 
-CONFLICT_APP = '''
+CONFLICT_APP = """
 import dataclasses
 import buildflow
 from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
@@ -148,7 +160,7 @@ class P(buildflow.Processor):
 
 app = buildflow.Node()
 app.add(P())
-'''
+"""
 
 
 def test_plan_reports_schema_conflict_and_destroy_honours_protection(tmp_path: Path) -> None:
@@ -196,7 +208,11 @@ def test_sigterm_drains_then_restart_finishes_with_exactly_one_row_per_image(tmp
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
         [*BUILDFLOW, "run", "main:app", "--state-dir", str(state), "--summary-json", str(summary_path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while _acked(state) == 0:  # bounded poll: the first micro-batch is written and acked
@@ -219,7 +235,7 @@ def test_sigterm_drains_then_restart_finishes_with_exactly_one_row_per_image(tmp
     assert len(per_image) == n and all(r["n"] == 1 for r in per_image)
 
 
-WALKTHROUGH_APP = '''
+WALKTHROUGH_APP = """
 # The BuildFlow 0.1 image-classification walkthrough, with only the model-loading lines
 # changed (ImageAI's ResNet50 -> this repo's model registry).
 import dataclasses
@@ -294,7 +310,7 @@ app.add(ImageClassificationProcessor())
 
 if __name__ == "__main__":
     app.run()
-'''
+"""
 
 
 def test_original_walkthrough_code_runs_with_only_model_loading_changed(tmp_path: Path) -> None:
@@ -303,8 +319,12 @@ def test_original_walkthrough_code_runs_with_only_model_loading_changed(tmp_path
     buildflow("plan", "walkthrough:app", "--yes", state=state, cwd=tmp_path)
     (state / "buckets" / "walkthrough-bucket" / "coffee.jpg").write_bytes(sample_photos()["coffee.jpg"])
     buildflow("run", "walkthrough:app", "--until-idle", state=state, cwd=tmp_path)
-    (row,) = query("SELECT * FROM launchflow_walkthrough.image_classification", state,
-                   app="walkthrough:app", cwd=tmp_path)
+    (row,) = query(
+        "SELECT * FROM launchflow_walkthrough.image_classification",
+        state,
+        app="walkthrough:app",
+        cwd=tmp_path,
+    )
     assert row["image_name"] == "coffee.jpg"
     assert row["upload"].endswith("Z")  # the notification's eventTime, RFC 3339
     assert row["classifications"][0]["classification"] == "espresso"

@@ -313,8 +313,9 @@ def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down() -> None:
         sink=FlakyProvider(FlakySink("down", failures=10**9), _ENV),
         dead_letter=InMemorySinkProvider(InMemorySink("down.dl"), _ENV),
     )
-    opts = RunOptions(sink_retry_initial_ms=5, sink_retry_max_ms=10, drain_timeout_s=0.3,
-                      max_inflight_batches=2)
+    opts = RunOptions(
+        sink_retry_initial_ms=5, sink_retry_max_ms=10, drain_timeout_s=0.3, max_inflight_batches=2
+    )
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     summary = InProcessRuntime().run([bound], opts)

@@ -82,8 +82,7 @@ def duckdb_type(f: SchemaField) -> str:
 def create_table_sql(schema_name: str, table: str, schema: TableSchema) -> str:
     """``CREATE TABLE`` for a row schema plus buildflow's metadata columns."""
     cols = [
-        f"{q(f.name)} {duckdb_type(f)}" + (" NOT NULL" if f.mode == "REQUIRED" else "")
-        for f in schema.fields
+        f"{q(f.name)} {duckdb_type(f)}" + (" NOT NULL" if f.mode == "REQUIRED" else "") for f in schema.fields
     ]
     cols += [f"{q(n)} {t}" for n, t in META_COLUMNS]
     cols.append('PRIMARY KEY ("_event_id", "_row_index")')
@@ -241,8 +240,10 @@ class DuckDBTableResource(Resource):
         self.target = target
         self.schema = schema
         self.protected = protected
-        self.name = target.full_name if target.database.name == "warehouse.duckdb" else (
-            f"{target.full_name} ({target.database})"
+        self.name = (
+            target.full_name
+            if target.database.name == "warehouse.duckdb"
+            else (f"{target.full_name} ({target.database})")
         )
 
     def inspect(self) -> ResourceState:
@@ -405,8 +406,7 @@ class DuckDBTableProvider(SinkProvider):
         target = self.target()
         if not target.database.exists():
             raise ResourceMissingError(
-                f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan "
-                "<app>` first."
+                f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan <app>` first."
             )
         with target.connect(read_only=True, wait_s=10) as con:
             cur = con.execute(sql)

@@ -100,9 +100,7 @@ class _AckStore:
         now = datetime.datetime.now(datetime.UTC).isoformat()
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO acked VALUES (?, ?)", [(e, now) for e in event_ids]
-            )
+            self._db.executemany("INSERT OR IGNORE INTO acked VALUES (?, ?)", [(e, now) for e in event_ids])
 
     def close(self) -> None:
         self._db.close()
@@ -201,6 +199,9 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         """Stat changed paths, then admit them."""
         self._admit(await self._io.run(lambda: self._examine(rels)))
 
+    def _recheck(self, rel: str) -> None:
+        asyncio.ensure_future(self._consider([rel]))
+
     def _admit(self, found: Sequence[tuple[str, _Object | None]]) -> None:
         """Queue settled objects; re-check the ones still being written later."""
         now = datetime.datetime.now().timestamp()
@@ -212,9 +213,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
             age = now - obj.generation / 1e9
             if age < settle:
                 self._unsettled[rel] = now
-                asyncio.get_running_loop().call_later(
-                    settle - age + 0.002, lambda r=rel: asyncio.ensure_future(self._consider([r]))
-                )
+                asyncio.get_running_loop().call_later(settle - age + 0.002, self._recheck, rel)
             else:
                 self._unsettled.pop(rel, None)
                 self._offer(obj)
@@ -287,7 +286,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), max(0.0, timeout_s))
-        out = []
+        out: list[Envelope[GCSFileEvent]] = []
         while self._pending and len(out) < max_events:
             eid, obj = self._pending.popitem(last=False)
             self._inflight[eid] = obj
