@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -64,7 +65,8 @@ def query(sql: str, state: Path, app: str = "main:app", cwd: Path = REPO) -> lis
 BAD_INPUTS = {
     "empty.jpg": (b"", "EmptyImageError"),
     "truncated.jpg": (truncated_jpeg(), "TruncatedImageError"),
-    "random.jpg": (os.urandom(4096), "UnsupportedImageError"),
+    # seeded: some random prefixes ("BM", 1 in 65536) look like a BMP header
+    "random.jpg": (random.Random(20261122).randbytes(4096), "UnsupportedImageError"),
     "notes.txt": (b"these are not the pixels you are looking for\n", "UnsupportedImageError"),
     "bomb.png": (decompression_bomb_png(), "ImageTooLargeError"),
 }

@@ -90,9 +90,7 @@ def animated_palette_gif() -> bytes:
     frame0 = Image.fromarray(indices, mode="P")
     frame0.putpalette(first.getpalette())
     frame1 = Image.fromarray(np.ascontiguousarray(chelsea()[::-1])).quantize(colors=255)
-    return encode(
-        frame0, "GIF", save_all=True, append_images=[frame1], transparency=255, duration=100
-    )
+    return encode(frame0, "GIF", save_all=True, append_images=[frame1], transparency=255, duration=100)
 
 
 def gray16_png() -> bytes:
@@ -155,8 +153,5 @@ def decompression_bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
         parts.append(compressor.compress(row * min(rows_per_step, height - first)))
     parts.append(compressor.flush())
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", b"".join(parts))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
     )

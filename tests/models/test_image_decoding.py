@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import sample_images
 from PIL import Image
 
 from models import (
@@ -18,6 +17,20 @@ from models import (
     UnsupportedImageError,
     decode_image,
 )
+from tests.models import sample_images
+
+ALL_SAMPLES = [
+    "jpeg",
+    "rgba_png",
+    "animated_palette_gif",
+    "gray16_png",
+    "cmyk_jpeg",
+    "gray_jpeg",
+    "webp",
+    "bmp",
+    "tiff",
+    "exif_rotated_jpeg",
+]
 
 
 def _mean_abs_diff(image: Image.Image, expected: np.ndarray) -> float:
@@ -53,6 +66,23 @@ def test_text_file_raises_unsupported_image_error() -> None:
         text = source.read()
     with pytest.raises(UnsupportedImageError, match="cannot identify"):
         decode_image(text)
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES)
+def test_prefixes_and_corruptions_raise_only_decode_errors(sample: str) -> None:
+    data = getattr(sample_images, sample)()
+    rng = np.random.default_rng(0)
+    candidates = [data[:n] for n in (1, 2, 3, 4, 8, 12, 16, 20, 40, 100, 400, len(data) // 3)]
+    for _ in range(5):  # 20 random bytes overwritten
+        corrupted = np.frombuffer(data, dtype=np.uint8).copy()
+        corrupted[rng.integers(0, len(data), 20)] = rng.integers(0, 256, 20)
+        candidates.append(corrupted.tobytes())
+    for candidate in candidates:
+        try:
+            image = decode_image(candidate)
+        except ImageDecodeError:
+            continue  # any Pillow exception must arrive mapped
+        assert image.mode == "RGB"
 
 
 def test_truncated_jpeg_raises_truncated_image_error() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import models.registry
 from models import (
     ImageClassifier,
     ModelError,
@@ -39,8 +39,10 @@ def _tiny_state_dict() -> dict[str, torch.Tensor]:
     return {"1.weight": weight, "1.bias": torch.zeros(3)}
 
 
-def _unique_name() -> str:
-    return f"tiny-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(autouse=True)
+def _isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test registers into a copy of the registry, dropped after it."""
+    monkeypatch.setattr(models.registry, "_REGISTRY", dict(models.registry._REGISTRY))
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def tiny_weights(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny(tiny_weights: Path) -> ImageClassifier:
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=TINY_LABELS)
     return load_model(name, weights_path=tiny_weights)
 
@@ -106,14 +108,14 @@ def test_checkpoint_layouts_are_accepted(tmp_path: Path, wrapper: str | None) ->
     path = tmp_path / "weights.pth"
     state = _tiny_state_dict()
     torch.save(state if wrapper is None else {wrapper: state, "epoch": 3}, path)
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=TINY_LABELS)
     classifier = load_model(name, weights_path=str(path))
     assert torch.equal(classifier.module[1].weight, state["1.weight"])
 
 
 def test_load_labels_override_registered_labels(tiny_weights: Path) -> None:
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING)
     with pytest.raises(ModelError, match="has no labels"):
         load_model(name, weights_path=tiny_weights)
@@ -122,7 +124,7 @@ def test_load_labels_override_registered_labels(tiny_weights: Path) -> None:
 
 
 def test_registering_a_taken_name_needs_replace() -> None:
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=TINY_LABELS)
     with pytest.raises(ModelError, match=f"'{name}' is already registered; pass replace=True"):
         register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=TINY_LABELS)
@@ -132,7 +134,7 @@ def test_registering_a_taken_name_needs_replace() -> None:
 
 def test_labels_must_be_a_sequence_of_names_not_a_string() -> None:
     with pytest.raises(ModelError, match="not a single string"):
-        register_model(_unique_name(), _tiny_module, preprocessing=TINY_PREPROCESSING, labels="xyz")
+        register_model("tiny", _tiny_module, preprocessing=TINY_PREPROCESSING, labels="xyz")
 
 
 def test_builtins_are_available() -> None:
@@ -140,7 +142,9 @@ def test_builtins_are_available() -> None:
 
 
 def test_unknown_name_lists_the_available_models() -> None:
-    with pytest.raises(ModelError, match="unknown model 'nope'; available models: .*efficientnet_lite0.*mobilenet_v2"):
+    with pytest.raises(
+        ModelError, match="unknown model 'nope'; available models: .*efficientnet_lite0.*mobilenet_v2"
+    ):
         load_model("nope")
 
 
@@ -158,7 +162,7 @@ def test_missing_weights_file_is_named(tmp_path: Path) -> None:
 def test_weights_that_do_not_fit_raise(tmp_path: Path) -> None:
     path = tmp_path / "wrong.pt"
     torch.save({"1.weight": torch.zeros(5, 12), "1.bias": torch.zeros(5)}, path)
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=TINY_LABELS)
     with pytest.raises(ModelError, match="does not fit model"):
         load_model(name, weights_path=path)
@@ -168,7 +172,7 @@ def test_weights_that_do_not_fit_raise(tmp_path: Path) -> None:
 
 
 def test_labels_length_must_match_output_classes(tiny_weights: Path) -> None:
-    name = _unique_name()
+    name = "tiny"
     register_model(name, _tiny_module, preprocessing=TINY_PREPROCESSING, labels=["a", "b"])
     with pytest.raises(ModelError, match="outputs 3 classes but labels has 2 entries"):
         load_model(name, weights_path=tiny_weights)

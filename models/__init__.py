@@ -1,0 +1,61 @@
+"""The model side of the image-classification app.
+
+Decode untrusted image bytes (:func:`decode_image`), load a classifier by name
+(:func:`load_model`) and classify images into top-k :class:`Prediction` lists::
+
+    from models import decode_image, load_model
+
+    classifier = load_model("efficientnet_lite0")
+    image = decode_image(data, target_short_side=classifier.preprocessing.resize_short_side)
+    [predictions] = classifier.classify([image], top_k=5)
+
+Importing this package loads no model and downloads nothing.
+"""
+
+from .errors import (
+    EmptyImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    ModelError,
+    TruncatedImageError,
+    UnsupportedImageError,
+)
+from .labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES, imagenet_labels
+from .preprocessing import (
+    DEFAULT_MAX_PIXELS,
+    IMAGENET_MEAN_STD,
+    TF_MEAN_STD,
+    Preprocessing,
+    decode_image,
+)
+from .registry import (
+    Device,
+    ImageClassifier,
+    Prediction,
+    available_models,
+    load_model,
+    register_model,
+)
+
+__all__ = [
+    "ModelError",
+    "ImageDecodeError",
+    "EmptyImageError",
+    "UnsupportedImageError",
+    "TruncatedImageError",
+    "ImageTooLargeError",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGENET_MEAN_STD",
+    "TF_MEAN_STD",
+    "Preprocessing",
+    "decode_image",
+    "imagenet_labels",
+    "DOG_CLASS_INDICES",
+    "CAT_CLASS_INDICES",
+    "Device",
+    "Prediction",
+    "ImageClassifier",
+    "load_model",
+    "register_model",
+    "available_models",
+]

@@ -1,0 +1,306 @@
+"""Decode untrusted image bytes and turn images into normalised model inputs.
+
+:func:`decode_image` turns bytes (an upload, a bucket object) into a fully loaded RGB
+:class:`PIL.Image.Image`, or raises one :class:`~models.errors.ImageDecodeError`
+subclass that says why not. :class:`Preprocessing` turns an RGB image into the float32
+``(3, crop_size, crop_size)`` tensor a classifier takes, with the same arithmetic as
+torchvision's reference evaluation transform
+(``Resize(resize_short_side) -> CenterCrop(crop_size) -> ToTensor() -> Normalize``).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import (
+    EmptyImageError,
+    ImageTooLargeError,
+    TruncatedImageError,
+    UnsupportedImageError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGENET_MEAN_STD",
+    "TF_MEAN_STD",
+    "Preprocessing",
+    "decode_image",
+]
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Default decompression-bomb limit of :func:`decode_image`, in pixels.
+
+The value of Pillow's default ``PIL.Image.MAX_IMAGE_PIXELS``
+(``1024 * 1024 * 1024 // 4 // 3``: a quarter GiB of 24-bit pixels), copied here so that
+changing Pillow's global does not change this package's limit.
+"""
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""Per-channel RGB ``(mean, std)`` on a 0..1 scale of torchvision's ImageNet models
+(the ``Normalize`` of torchvision's reference classification transforms)."""
+
+TF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+"""TF-style ``(mean, std)`` (maps 0..1 to -1..1) of the EfficientNet-Lite weights
+(the efficientnet-lite-pytorch package, as noted in /work/shared/ENVIRONMENT.md)."""
+
+# Pillow modes with more than 8 bits per sample; scaled to 8-bit by _to_uint8.
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Pillow modes with an alpha band; composited on white by _to_rgb.
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_short_side: int | None = None,
+) -> Image.Image:
+    """Decode image bytes into a fully loaded RGB image.
+
+    Steps: identify the format from the header; refuse images with more than
+    ``max_pixels`` pixels *before* any pixel is decoded (so a decompression bomb never
+    allocates); for JPEGs, when ``target_short_side`` is given, let libjpeg decode at
+    1/2, 1/4 or 1/8 scale (``Image.draft``) while keeping the short side
+    ``>= target_short_side``; decode; apply the EXIF orientation
+    (``ImageOps.exif_transpose``); convert to RGB (see below). Animated images
+    (GIF, APNG, WebP) give their first frame.
+
+    Mode conversion: 16-bit modes (``I;16*``) scale 0..65535 to 0..255; 32-bit ``I``
+    and ``F`` scale by the range their values fit in: 0..1, 0..255 or 0..65535 map to
+    0..255, anything else is stretched min..max to 0..255. Images with alpha or a
+    transparent colour (``RGBA``, ``LA``, ``P`` with transparency, ...) are composited
+    on white. All other modes (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...) use
+    Pillow's ``convert("RGB")``.
+
+    The ``max_pixels`` check does not read ``PIL.Image.MAX_IMAGE_PIXELS``; only the
+    per-frame checks inside some Pillow plugins (GIF frames, TIFF tiles) still use
+    Pillow's global, and their error is reported as :class:`ImageTooLargeError` too.
+    No global state is changed (no warning filters, no ``LOAD_TRUNCATED_IMAGES``), so
+    the function is safe to call from several threads.
+
+    Args:
+        data: The encoded image (any format Pillow reads: JPEG, PNG, GIF, WebP, BMP,
+            TIFF, ...).
+        max_pixels: Largest accepted ``width * height`` of the encoded image, in pixels
+            (checked on the size the header declares, before any downscaled decode).
+            Defaults to :data:`DEFAULT_MAX_PIXELS`.
+        target_short_side: Short side, in pixels, the caller will resize to (e.g.
+            ``Preprocessing.resize_short_side``); lets JPEGs decode faster at reduced
+            scale. ``None`` decodes at full size.
+
+    Returns:
+        A loaded ``PIL.Image.Image`` in mode ``"RGB"``, oriented for display; its size
+        is the encoded size (with width and height swapped by a 90-degree EXIF
+        rotation), or a draft-reduced size for JPEGs when ``target_short_side`` is set.
+
+    Raises:
+        EmptyImageError: ``data`` has zero bytes.
+        UnsupportedImageError: Pillow cannot identify the format (random bytes, text),
+            or the pixels cannot be converted to RGB.
+        ImageTooLargeError: The image has more than ``max_pixels`` pixels.
+        TruncatedImageError: The format was identified but the data is truncated or
+            corrupt.
+        ValueError: ``max_pixels`` or ``target_short_side`` is not positive.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
+    if target_short_side is not None and target_short_side < 1:
+        raise ValueError(f"target_short_side must be positive or None, got {target_short_side!r}")
+    if len(data) == 0:
+        raise EmptyImageError("image data is empty (0 bytes)")
+
+    image = _identify(bytes(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image has {width * height} pixels ({image.format} {width}x{height}), over the "
+            f"decompression-bomb limit of {max_pixels} (max_pixels)"
+        )
+    try:
+        if target_short_side is not None:
+            image.draft("RGB", (target_short_side, target_short_side))  # no-op unless JPEG
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"image is too large to decode: {e}") from e
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ...
+        raise TruncatedImageError(
+            f"{image.format} image ({width}x{height}) is truncated or corrupt: {e}"
+        ) from e
+    try:
+        return _to_rgb(image)
+    except Exception as e:  # e.g. a mode Pillow cannot convert to RGB ("LAB")
+        raise UnsupportedImageError(
+            f"cannot convert {image.format} image of mode {image.mode!r} to RGB: {e}"
+        ) from e
+
+
+def _identify(data: bytes) -> ImageFile.ImageFile:
+    """Open ``data`` lazily (header only), like ``PIL.Image.open``.
+
+    This is the plugin loop of ``PIL.Image.open`` (Pillow 13) over Pillow's public
+    plugin registry (``Image.ID``, ``Image.OPEN``, filled by ``Image.preinit`` and
+    ``Image.init``), without the ``Image.MAX_IMAGE_PIXELS`` check that ``Image.open``
+    makes, so that :func:`decode_image` applies its own ``max_pixels`` instead.
+
+    Raises:
+        UnsupportedImageError: No plugin identifies the data (every plugin declined or
+            raised one of Pillow's "not this format" errors: SyntaxError, IndexError,
+            TypeError, struct.error).
+        TruncatedImageError: A plugin failed reading the header with another error.
+        ImageTooLargeError: A plugin's own size check (Pillow's global limit) failed.
+    """
+    fp = io.BytesIO(data)
+    prefix = data[:16]
+    tried: set[str] = set()
+    for load_plugins in (Image.preinit, Image.init):
+        load_plugins()
+        for fmt in [f for f in Image.ID if f not in tried]:
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            try:
+                accepted = accept is None or accept(prefix)
+                if isinstance(accepted, str) or not accepted:
+                    continue
+                fp.seek(0)
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # "not this format": Image.open also tries the next plugin
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise ImageTooLargeError(f"image is too large to decode: {e}") from e
+            except Exception as e:
+                raise TruncatedImageError(f"{fmt} image header is truncated or corrupt: {e}") from e
+    raise UnsupportedImageError(
+        f"cannot identify an image format in {len(data)} bytes starting {data[:8]!r}; "
+        "expected an image file Pillow can read (JPEG, PNG, GIF, WebP, BMP, TIFF, ...)"
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a loaded image of any Pillow mode to ``RGB`` (rules in decode_image)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = Image.fromarray(_to_uint8(np.asarray(image), image.mode))
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", image.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 2-D array of a high-bit-depth mode to ``uint8`` (rules in decode_image)."""
+    values = np.nan_to_num(pixels.astype(np.float64))
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 65535.0:
+            low, high = 0.0, next(full for full in (1.0, 255.0, 65535.0) if high <= full)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.clip((values - low) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize, centre-crop and normalise an image into a model input.
+
+    Bit-for-bit the arithmetic of torchvision's reference evaluation transform on a PIL
+    image, ``Resize(resize_short_side, interpolation) -> CenterCrop(crop_size) ->
+    ToTensor() -> Normalize(mean, std)``: Pillow's antialiased resize of the whole
+    image, an integer-offset crop, then torch. (Resampling only the cropped region with
+    Pillow's ``box=`` is ~2x faster but changes Pillow's pass order and rounding:
+    up to 11/255 apart with bicubic, so it is not used.)
+
+    Attributes:
+        resize_short_side: The short side, in pixels, the image is resized to
+            (aspect ratio kept; long side ``int(resize_short_side * long / short)``,
+            as torchvision computes it).
+        crop_size: Side, in pixels, of the centred square crop; at most
+            ``resize_short_side``. Offsets ``int(round((resized - crop_size) / 2))``,
+            as torchvision's ``center_crop``.
+        mean: Per-channel RGB mean on a 0..1 scale, subtracted after scaling by 1/255.
+        std: Per-channel RGB standard deviation on a 0..1 scale, divided by.
+        interpolation: Pillow resampling filter used to resize.
+
+    Raises:
+        ValueError: At construction, when a size is not positive, ``crop_size >
+            resize_short_side``, ``mean``/``std`` do not have 3 values, a ``std`` is
+            not positive, or ``interpolation`` is unknown.
+    """
+
+    resize_short_side: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN_STD[0]
+    std: tuple[float, float, float] = IMAGENET_MEAN_STD[1]
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_size <= self.resize_short_side:
+            raise ValueError(
+                "need 0 < crop_size <= resize_short_side, got "
+                f"crop_size={self.crop_size!r}, resize_short_side={self.resize_short_side!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(
+                "mean and std need 3 values (R, G, B) and std must be positive, got "
+                f"mean={self.mean!r}, std={self.std!r}"
+            )
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Preprocess one image.
+
+        Args:
+            image: A PIL image of any size; expected in mode ``RGB`` (as
+                :func:`decode_image` returns), other modes are converted first with
+                decode_image's rules.
+
+        Returns:
+            A float32 tensor ``(3, crop_size, crop_size)``, channels R, G, B, values
+            ``(pixel / 255 - mean) / std``.
+        """
+        image = _to_rgb(image)
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_short_side, int(self.resize_short_side * long / short)
+        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+        resized = image.resize(new_size, _RESAMPLE[self.interpolation])
+        side = self.crop_size
+        left = int(round((new_size[0] - side) / 2.0))
+        top = int(round((new_size[1] - side) / 2.0))
+        crop = np.array(resized.crop((left, top, left + side, top + side)))  # (side, side, 3) uint8
+        chw = torch.from_numpy(crop).permute(2, 0, 1)
+        pixels = chw.to(dtype=torch.float32, memory_format=torch.contiguous_format)  # 0..255
+        mean = torch.tensor(self.mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
+        return pixels.sub_(mean).div_(std)
+
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Preprocess several images into one batch.
+
+        Args:
+            images: One or more PIL images (any sizes).
+
+        Returns:
+            A float32 tensor ``(N, 3, crop_size, crop_size)``, ``N = len(images)``.
+
+        Raises:
+            ValueError: ``images`` is empty.
+        """
+        if len(images) == 0:
+            raise ValueError("Preprocessing.batch needs at least one image, got none")
+        return torch.stack([self(image) for image in images])
