@@ -119,9 +119,11 @@ class _Worker:
         self.source = self.bound.source.open(self.spec.name)
         self.sink = self.bound.sink.open(self.spec.schema)
         self.dl_sink = self.bound.dead_letter.open(self.dl_schema)
+        t0 = time.monotonic()
         await self.thread.run(processor.setup)
         self.set_up = True
         self.stats.setup_calls += 1
+        log.info("processor %s ready: setup() took %.2f s", self.spec.name, time.monotonic() - t0)
 
     async def close(self) -> None:
         if self.set_up:
