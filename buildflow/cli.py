@@ -143,9 +143,9 @@ def _confirm(question: str, yes: bool) -> bool:
         return True
     if not sys.stdin.isatty() and os.environ.get("BUILDFLOW_ASSUME_TTY") != "1":
         # Piped input: read one answer line, default No.
-        out.print(f"{question} [y/N]: ", end="")
+        out.print(f"{question} [y/N]: ", end="", markup=False)
         answer = sys.stdin.readline().strip().lower()
-        out.print(answer)
+        out.print(answer, markup=False)
         return answer in ("y", "yes")
     return typer.confirm(question, default=False)
 
@@ -328,6 +328,15 @@ def run_cmd(
             summary = InProcessRuntime().run(
                 bound, options, on_progress=lambda s, t: live.update(line.text(s, t))
             )
+    elif progress:  # not a terminal (logs, CI): the same line, logged every 10 s
+        line, last = _Progress(), [0.0]
+
+        def log_progress(stats: list[ProcessorStats], elapsed: float) -> None:
+            if elapsed - last[0] >= 10:
+                last[0] = elapsed
+                log.info("%s", line.text(stats, elapsed).plain)
+
+        summary = InProcessRuntime().run(bound, options, on_progress=log_progress)
     else:
         summary = InProcessRuntime().run(bound, options)
     _print_summary(summary)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -114,6 +115,13 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
         assert r["event_id"] == f"{BUCKET}/{r['image_name']}#{r['_event_id'].split('#')[1]}"
         confs = [c["confidence"] for c in r["classifications"]]
         assert confs == sorted(confs, reverse=True) and 0 < sum(confs) <= 1.0001
+
+    # the README's query command, verbatim
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r'^buildflow query main:app "(.+)"$', readme, re.M)
+    assert match, "README lost its query command"
+    top1 = {r["image_name"]: r["top1"] for r in query(match.group(1), state)}
+    assert top1["coffee.jpg"] == "espresso" and set(top1) == set(photos)
 
     # the documented UNNEST query works
     cats = query(
