@@ -21,6 +21,7 @@ __all__ = [
     "AppLoadError",
     "MissingDependencyError",
     "TransientSinkError",
+    "RowRejectedError",
 ]
 
 
@@ -77,3 +78,8 @@ class MissingDependencyError(BuildflowError):
 
 class TransientSinkError(BuildflowError):
     """A sink write failed in a way that may succeed on retry (lock held, server down)."""
+
+
+class RowRejectedError(BuildflowError):
+    """A sink refused a row for good (e.g. a BigQuery ``insertErrors`` entry); the event is
+    dead-lettered with the sink's reason."""

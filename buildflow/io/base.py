@@ -36,6 +36,7 @@ __all__ = [
     "Envelope",
     "OutputRecord",
     "DeadLetterRow",
+    "RowRejection",
 ]
 
 E = TypeVar("E")
@@ -82,6 +83,9 @@ class Envelope(Generic[E]):
         attempt: Delivery attempt, 1 for the first.
         object_name: What the event is about, for logs and dead letters (an object name,
             a message id); None if nothing better than the event id exists.
+        error: Set by the source when the message could not be decoded into an event
+            (malformed payload, missing attributes): the runtime dead-letters it without
+            calling ``process``, and the stream goes on. ``event`` is then the raw message.
     """
 
     event: E
@@ -90,6 +94,7 @@ class Envelope(Generic[E]):
     received_at: datetime.datetime
     attempt: int = 1
     object_name: str | None = None
+    error: Exception | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,19 @@ class OutputRecord:
     event_id: str
     row_index: int
     values: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowRejection:
+    """A row the sink refused for good (e.g. BigQuery's per-row ``insertErrors``).
+
+    Attributes:
+        index: Position of the row in the batch passed to :meth:`SinkRuntime.write`.
+        reason: Why, as the sink said it.
+    """
+
+    index: int
+    reason: str
 
 
 @dataclasses.dataclass
@@ -169,8 +187,12 @@ class SinkRuntime(ABC):
     """A live sink, opened on the worker."""
 
     @abstractmethod
-    async def write(self, records: Sequence[OutputRecord]) -> None:
+    async def write(self, records: Sequence[OutputRecord]) -> Sequence[RowRejection] | None:
         """Write rows idempotently on ``(event_id, row_index)``.
+
+        Returns:
+            None when every row was written; otherwise the rows the sink refused for good
+            (all others were written). The events of refused rows are dead-lettered.
 
         Raises:
             TransientSinkError: the write may succeed if retried (lock held, server down).

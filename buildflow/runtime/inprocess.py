@@ -34,8 +34,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from buildflow.errors import BuildflowError, ProcessorDefinitionError, RowValidationError
-from buildflow.io.base import DeadLetterRow, Envelope, OutputRecord, SinkRuntime, SourceRuntime
+from buildflow.errors import (
+    BuildflowError,
+    ProcessorDefinitionError,
+    RowRejectedError,
+    RowValidationError,
+)
+from buildflow.io.base import (
+    DeadLetterRow,
+    Envelope,
+    OutputRecord,
+    RowRejection,
+    SinkRuntime,
+    SourceRuntime,
+)
 from buildflow.metrics import Metrics
 from buildflow.runtime.base import (
     BoundProcessor,
@@ -199,7 +211,14 @@ class _Worker:
             )
         return results
 
-    def _process_sync(self, envelopes: list[Envelope[Any]]) -> _BatchResult:
+    def _process_sync(self, all_envelopes: list[Envelope[Any]]) -> _BatchResult:
+        undecodable = [e for e in all_envelopes if e.error is not None]
+        envelopes = [e for e in all_envelopes if e.error is None]
+        dead: list[OutputRecord] = [
+            self._dead_letter(e, e.error, "decode") for e in undecodable if e.error is not None
+        ]
+        if not envelopes:
+            return _BatchResult(all_envelopes, [], dead)
         events = [e.event for e in envelopes]
         try:
             results = self._call_batch(events)
@@ -219,7 +238,6 @@ class _Worker:
                     except Exception as e:
                         results.append(e)
         records: list[OutputRecord] = []
-        dead: list[OutputRecord] = []
         for env, res in zip(envelopes, results):
             if isinstance(res, BaseException):
                 dead.append(self._dead_letter(env, res, "process"))
@@ -234,7 +252,7 @@ class _Worker:
                 dead.append(self._dead_letter(env, e, "validate"))
                 continue
             records.extend(converted)
-        return _BatchResult(envelopes, records, dead)
+        return _BatchResult(all_envelopes, records, dead)
 
     def _dead_letter(self, env: Envelope[Any], exc: BaseException, stage: str) -> OutputRecord:
         reason = _reason(exc)
@@ -263,7 +281,9 @@ class _Worker:
                 return
             result: _BatchResult = item
             if result.records:
-                await self._write_with_retry(self.sink, result.records, "sink")
+                rejected = await self._write_with_retry(self.sink, result.records, "sink")
+                if rejected:
+                    self._reject(result, rejected)
             if result.dead:
                 await self._write_with_retry(self.dl_sink, result.dead, "dead-letter")
             await self.source.ack(result.envelopes)
@@ -278,13 +298,24 @@ class _Worker:
             for env in result.envelopes:
                 self.stats.latencies_ms.append((wall - env.received_at).total_seconds() * 1000)
 
-    async def _write_with_retry(self, sink: SinkRuntime, records: list[OutputRecord], what: str) -> None:
+    def _reject(self, result: _BatchResult, rejected: Sequence[RowRejection]) -> None:
+        """Dead-letter the events whose rows the sink refused for good."""
+        by_event: dict[str, str] = {}
+        for r in rejected:
+            by_event.setdefault(result.records[r.index].event_id, r.reason)
+        envs = {e.event_id: e for e in result.envelopes}
+        result.records = [r for r in result.records if r.event_id not in by_event]
+        for event_id, reason in by_event.items():
+            result.dead.append(self._dead_letter(envs[event_id], RowRejectedError(reason), "sink"))
+
+    async def _write_with_retry(
+        self, sink: SinkRuntime, records: list[OutputRecord], what: str
+    ) -> Sequence[RowRejection] | None:
         delay_ms = self.options.sink_retry_initial_ms
         attempt = 1
         while True:
             try:
-                await sink.write(records)
-                return
+                return await sink.write(records)
             except BuildflowError as e:
                 err: Exception = e
             except Exception as e:

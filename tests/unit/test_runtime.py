@@ -15,7 +15,7 @@ import buildflow
 from buildflow.environment import Environment
 from buildflow.errors import TransientSinkError
 from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
-from buildflow.io.base import OutputRecord, SinkProvider, SinkRuntime
+from buildflow.io.base import Envelope, OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.processor import inspect_processor
 from buildflow.provisioning import Resource
 from buildflow.runtime.base import BoundProcessor, RunOptions
@@ -326,3 +326,80 @@ def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down() -> None:
     assert 0 < pulled <= 14
     assert source.acked == [] and sink_rows("down") == []
     assert summary.stop_reason == "hard-stop"
+
+
+class _RejectingRuntime(SinkRuntime):
+    async def write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
+        ok = [r for r in records if r.values["n"] >= 0]
+        await InMemorySinkProvider(InMemorySink("rejecting"), _ENV).open(TableSchema(())).write(ok)
+        return [RowRejection(i, "no such field: n") for i, r in enumerate(records) if r.values["n"] < 0]
+
+
+class RejectingProvider(FlakyProvider):
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        return _RejectingRuntime()
+
+
+def test_rows_the_sink_refuses_are_dead_lettered_and_the_rest_written() -> None:
+    class P(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, -1 if event.name == "f001.jpg" else 1)
+
+    bound = BoundProcessor(
+        spec=inspect_processor(P()),
+        source=InMemorySourceProvider(InMemorySource(tuple(events(3))), _ENV),
+        sink=RejectingProvider(FlakySink("rejecting"), _ENV),
+        dead_letter=InMemorySinkProvider(InMemorySink("rejecting.dl"), _ENV),
+    )
+    summary = InProcessRuntime().run([bound], RunOptions(until_idle=True, handle_signals=False))
+    assert sorted(r.values["name"] for r in sink_rows("rejecting")) == ["f000.jpg", "f002.jpg"]
+    (dead,) = sink_rows("rejecting.dl")
+    assert dead.values["object_name"] == "f001.jpg" and dead.values["stage"] == "sink"
+    assert dead.values["reason"] == "RowRejectedError: no such field: n"
+    assert summary.rows == 2 and summary.dead_letters == 1
+
+
+def test_messages_the_source_cannot_decode_are_dead_lettered_without_process() -> None:
+    seen: list[str] = []
+
+    class P(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            seen.append(event.name)
+            return Row(event.name, 0)
+
+    good = events(2)
+    src = InMemorySourceProvider(InMemorySource(tuple(good)), _ENV)
+    original_open = src.open
+
+    def open_with_a_bad_message(consumer: str) -> Any:
+        s = original_open(consumer)
+        real_pull = s.pull
+
+        async def pull(n: int, timeout: float) -> list[Envelope[Any]]:
+            got = await real_pull(n, timeout)
+            if got and not seen:
+                bad = dataclasses.replace(
+                    got[0],
+                    event=b"{not json",
+                    event_id="msg-1",
+                    ack_id=got[0].ack_id,
+                    object_name="msg-1",
+                    error=ValueError("payload is not JSON"),
+                )
+                return [bad, *got[1:]]
+            return got
+
+        s.pull = pull  # type: ignore[method-assign]
+        return s
+
+    src.open = open_with_a_bad_message  # type: ignore[method-assign]
+    bound = BoundProcessor(
+        spec=inspect_processor(P()),
+        source=src,
+        sink=InMemorySinkProvider(InMemorySink("decode"), _ENV),
+        dead_letter=InMemorySinkProvider(InMemorySink("decode.dl"), _ENV),
+    )
+    InProcessRuntime().run([bound], RunOptions(until_idle=True, handle_signals=False))
+    assert seen == ["f001.jpg"]
+    (dead,) = sink_rows("decode.dl")
+    assert dead.values["stage"] == "decode" and dead.values["reason"] == "ValueError: payload is not JSON"
