@@ -19,11 +19,15 @@ _ANY = "*"
 
 _SOURCES: dict[tuple[str, str], str] = {
     ("GCSFileStream", "local"): "buildflow.io.local.folder:LocalBucketProvider",
+    ("GCSFileStream", "emulator"): "buildflow.io.google.gcs:GCSFileStreamProvider",
+    ("GCSFileStream", "gcp"): "buildflow.io.google.gcs:GCSFileStreamProvider",
     ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 
 _SINKS: dict[tuple[str, str], str] = {
     ("BigQueryTable", "local"): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+    ("BigQueryTable", "emulator"): "buildflow.io.google.bigquery:BigQueryTableProvider",
+    ("BigQueryTable", "gcp"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
     ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }

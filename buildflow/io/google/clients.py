@@ -1,0 +1,157 @@
+"""Google Cloud clients for the ``gcp`` and ``emulator`` environments, and cloud errors
+turned into one clear line with the fix.
+
+* ``gcp``: Application Default Credentials (``gcloud auth application-default login`` or a
+  service account); the project comes from the declaration, else from ADC.
+* ``emulator``: the local stack (``python -m infra.stack start``) and the variables it
+  prints: ``PUBSUB_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST``,
+  ``BUILDFLOW_GCS_EVENTS_TOPIC``. Anonymous credentials.
+
+Clients are created lazily, once per process and environment (they are thread-safe), so
+declarations and providers stay picklable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+
+from buildflow.environment import Environment
+from buildflow.errors import ConfigurationError, MissingDependencyError, ProvisioningError
+
+__all__ = [
+    "pubsub_publisher",
+    "pubsub_subscriber",
+    "storage_client",
+    "bigquery_client",
+    "cloud_error_line",
+    "require_emulator_env",
+    "gcs_events_topic",
+]
+
+_LOCK = threading.Lock()
+_INSTALL = "pip install google-cloud-pubsub google-cloud-storage google-cloud-bigquery"
+
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+
+
+def require_emulator_env(env: Environment, *names: str) -> None:
+    """In ``emulator``, the stack's variables must be set; elsewhere they must not leak in.
+
+    Raises:
+        ConfigurationError: a variable is missing (emulator) or set (gcp).
+    """
+    if env.name == "emulator":
+        missing = [n for n in names if not os.environ.get(n)]
+        if missing:
+            raise ConfigurationError(
+                f"the emulator environment needs {', '.join(missing)}: start the local stack "
+                'with `python -m infra.stack start` and run `eval "$(python -m infra.stack env)"`.'
+            )
+    elif env.name == "gcp":
+        leaked = [n for n in names if os.environ.get(n)]
+        if leaked:
+            raise ConfigurationError(
+                f"{', '.join(leaked)} is set, which would send the 'gcp' environment to an "
+                "emulator; unset it (or use --env emulator)."
+            )
+
+
+def gcs_events_topic(env: Environment) -> str:
+    """The one topic the GCS fake publishes every bucket's events to (emulator only)."""
+    require_emulator_env(env, "BUILDFLOW_GCS_EVENTS_TOPIC")
+    return os.environ["BUILDFLOW_GCS_EVENTS_TOPIC"]
+
+
+def _import(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{module} is not installed; the '{module.split('.')[-1]}' provider needs it: run `{_INSTALL}`"
+        ) from e
+
+
+def _anonymous() -> Any:
+    return _import("google.auth.credentials").AnonymousCredentials()
+
+
+@functools.cache
+def _client(kind: str, env_name: str, project: str | None) -> Any:
+    if kind == "publisher":
+        return _import("google.cloud.pubsub_v1").PublisherClient()
+    if kind == "subscriber":
+        return _import("google.cloud.pubsub_v1").SubscriberClient()
+    if kind == "storage":
+        storage = _import("google.cloud.storage")
+        if env_name == "emulator":
+            return storage.Client(project=project or "buildflow-local", credentials=_anonymous())
+        return storage.Client(project=project)
+    if kind == "bigquery":
+        bigquery = _import("google.cloud.bigquery")
+        if env_name == "emulator":
+            client_options = _import("google.api_core.client_options")
+            return bigquery.Client(
+                project=project or "buildflow-local",
+                credentials=_anonymous(),
+                client_options=client_options.ClientOptions(
+                    api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]
+                ),
+            )
+        return bigquery.Client(project=project)
+    raise ValueError(kind)
+
+
+def _get(kind: str, env: Environment, project: str | None, var: str) -> Any:
+    require_emulator_env(env, var)
+    with _LOCK:
+        return _client(kind, env.name, project)
+
+
+def pubsub_publisher(env: Environment) -> Any:
+    """A ``pubsub_v1.PublisherClient`` (also the topic admin client)."""
+    return _get("publisher", env, None, "PUBSUB_EMULATOR_HOST")
+
+
+def pubsub_subscriber(env: Environment) -> Any:
+    """A ``pubsub_v1.SubscriberClient`` (also the subscription admin client)."""
+    return _get("subscriber", env, None, "PUBSUB_EMULATOR_HOST")
+
+
+def storage_client(env: Environment, project: str | None) -> Any:
+    """A ``storage.Client`` for ``project``."""
+    return _get("storage", env, project, "STORAGE_EMULATOR_HOST")
+
+
+def bigquery_client(env: Environment, project: str | None) -> Any:
+    """A ``bigquery.Client`` for ``project``."""
+    return _get("bigquery", env, project, "BIGQUERY_EMULATOR_HOST")
+
+
+_FIXES = {
+    "PermissionDenied": "grant the credentials the role named in docs (README: 'IAM roles') or "
+    "run `gcloud auth application-default login` with an account that has it",
+    "Forbidden": "grant the credentials the role named in docs (README: 'IAM roles') or run "
+    "`gcloud auth application-default login` with an account that has it",
+    "Unauthorized": "run `gcloud auth application-default login` (no usable credentials)",
+    "Unauthenticated": "run `gcloud auth application-default login` (no usable credentials)",
+    "Conflict": "the name is taken (bucket names are global): choose another name",
+    "AlreadyExists": "the name is taken: choose another name, or destroy the old resource",
+    "TooManyRequests": "a quota was exceeded: wait and retry, or raise the quota",
+    "ResourceExhausted": "a quota was exceeded: wait and retry, or raise the quota",
+    "ServiceUnavailable": "the service (or emulator) is not reachable: check it is running",
+    "DefaultCredentialsError": "run `gcloud auth application-default login`",
+}
+
+
+def cloud_error_line(what: str, e: BaseException) -> ProvisioningError:
+    """``<what>: <what the cloud said> (<fix>)`` as a ProvisioningError; no traceback."""
+    name = type(e).__name__
+    message = getattr(e, "message", None) or str(e)
+    message = " ".join(str(message).split())[:300]
+    fix = _FIXES.get(name)
+    return ProvisioningError(f"{what}: {name}: {message}" + (f" ({fix})" if fix else ""))

@@ -1,0 +1,311 @@
+"""``GCSFileStream`` on Cloud Storage: bucket -> OBJECT_FINALIZE notification -> topic ->
+subscription -> :class:`GCSFileEvent`.
+
+``gcp``: ``plan`` manages the bucket, the topic ``buildflow-<bucket>``, the notification
+(OBJECT_FINALIZE, JSON_API_V1, optional prefix) and the subscription
+``buildflow-<bucket>-<processor>``.
+
+``emulator``: the GCS fake has no notification API; it publishes every bucket's events to
+one topic given at its start (``BUILDFLOW_GCS_EVENTS_TOPIC``, created by the local stack).
+``plan`` manages the bucket and a subscription on that topic; events of other buckets are
+acked and skipped.
+
+The event id is ``<bucket>/<object>#<generation>``: one upload keeps one id through any
+number of redeliveries (and duplicate notifications).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+from typing import Any
+
+from buildflow.environment import Environment
+from buildflow.errors import ConfigurationError
+from buildflow.events import BlobReader, GCSFileEvent
+from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
+from buildflow.io.gcp import GCSFileStream
+from buildflow.io.google.clients import (
+    cloud_error_line,
+    gcs_events_topic,
+    pubsub_publisher,
+    storage_client,
+)
+from buildflow.io.google.pubsub import (
+    Decoded,
+    PubSubPullSource,
+    PubSubSubscriptionResource,
+    PubSubTopicResource,
+)
+from buildflow.provisioning import Resource, ResourceState
+
+__all__ = ["GCSFileStreamProvider", "GCSBlobReader", "decode_notification"]
+
+log = logging.getLogger("buildflow.io.gcs")
+
+_REQUIRED_ATTRIBUTES = ("bucketId", "objectId", "objectGeneration", "eventType")
+
+
+@dataclasses.dataclass(frozen=True)
+class GCSBlobReader(BlobReader):
+    """Downloads one generation of an object (so an overwrite never changes what an event
+    reads)."""
+
+    env: Environment
+    project: str | None
+    bucket: str
+    name: str
+    generation: int
+
+    def read(self) -> bytes:
+        from google.api_core import exceptions
+
+        blob = (
+            storage_client(self.env, self.project)
+            .bucket(self.bucket)
+            .blob(self.name, generation=self.generation)
+        )
+        try:
+            data: bytes = blob.download_as_bytes()
+        except exceptions.NotFound as e:
+            raise FileNotFoundError(
+                f"gs://{self.bucket}/{self.name}#{self.generation} no longer exists"
+            ) from e
+        return data
+
+
+def _parse_time(text: str | None) -> datetime.datetime:
+    if not text:
+        return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(datetime.UTC)
+
+
+def decode_notification(received: Any, decl: GCSFileStream, env: Environment, project: str | None) -> Decoded:
+    """A received Pub/Sub message -> envelope of a :class:`GCSFileEvent`, None to skip, or
+    an envelope with ``error`` set (missing attributes, bad payload) to dead-letter."""
+    m = received.message
+    attrs = dict(m.attributes)
+    now = datetime.datetime.now(datetime.UTC)
+    attempt = max(1, getattr(received, "delivery_attempt", 0) or 1)
+    missing = [a for a in _REQUIRED_ATTRIBUTES if not attrs.get(a)]
+    if missing:
+        return Envelope(
+            event=m,
+            event_id=f"pubsub:{m.message_id}",
+            ack_id=received.ack_id,
+            received_at=now,
+            attempt=attempt,
+            object_name=attrs.get("objectId") or f"message {m.message_id}",
+            error=ValueError(
+                f"not a Cloud Storage notification: attributes {missing} missing (got {sorted(attrs)})"
+            ),
+        )
+    bucket, name = attrs["bucketId"], attrs["objectId"]
+    if attrs["eventType"] != "OBJECT_FINALIZE":
+        log.debug("skipping %s event for gs://%s/%s", attrs["eventType"], bucket, name)
+        return None
+    if bucket != decl.bucket_name:
+        log.debug("skipping gs://%s/%s: another bucket", bucket, name)
+        return None
+    if decl.prefix and not name.startswith(decl.prefix):
+        log.debug("skipping gs://%s/%s: outside prefix %r", bucket, name, decl.prefix)
+        return None
+    try:
+        payload = json.loads(m.data.decode("utf-8")) if m.data else {}
+        generation = int(attrs["objectGeneration"])
+        size = int(payload.get("size", 0))
+    except (ValueError, UnicodeDecodeError) as e:
+        return Envelope(
+            event=m,
+            event_id=f"pubsub:{m.message_id}",
+            ack_id=received.ack_id,
+            received_at=now,
+            attempt=attempt,
+            object_name=name,
+            error=ValueError(f"malformed notification payload or generation: {e}"),
+        )
+    content_type = payload.get("contentType")
+    if decl.content_types and not (content_type or "").startswith(tuple(decl.content_types)):
+        log.debug("skipping gs://%s/%s: content type %s", bucket, name, content_type)
+        return None
+    event_id = GCSFileEvent.make_event_id(bucket, name, generation)
+    event = GCSFileEvent(
+        bucket_name=bucket,
+        name=name,
+        generation=generation,
+        size=size,
+        content_type=content_type,
+        event_time=_parse_time(attrs.get("eventTime") or payload.get("updated")),
+        event_id=event_id,
+        metadata=attrs,
+        reader=GCSBlobReader(env, project, bucket, name, generation),
+        object_metadata=dict(payload.get("metadata") or {}),
+    )
+    return Envelope(event, event_id, received.ack_id, now, attempt, object_name=name)
+
+
+class GCSBucketResource(Resource):
+    """A bucket. Deleting a non-empty one needs ``force_destroy=True`` (or ``--force``)."""
+
+    kind = "bucket"
+
+    def __init__(self, env: Environment, project: str | None, decl: GCSFileStream) -> None:
+        self.env = env
+        self.project = project
+        self.decl = decl
+        self.name = f"gs://{decl.bucket_name}"
+
+    def _client(self) -> Any:
+        return storage_client(self.env, self.project)
+
+    def inspect(self) -> ResourceState:
+        try:
+            found = self._client().lookup_bucket(self.decl.bucket_name)
+        except Exception as e:
+            raise cloud_error_line(f"bucket {self.name}", e) from e
+        return ResourceState(exists=found is not None)
+
+    def create(self) -> None:
+        try:
+            self._client().create_bucket(self.decl.bucket_name, project=self.project)
+        except Exception as e:
+            raise cloud_error_line(f"bucket {self.name}: create", e) from e
+
+    def delete_blockers(self) -> list[str]:
+        if self.decl.force_destroy:
+            return []
+        blobs = list(self._client().list_blobs(self.decl.bucket_name, max_results=1))
+        return ["bucket holds objects and force_destroy=False"] if blobs else []
+
+    def delete(self) -> None:
+        client = self._client()
+        try:
+            bucket = client.bucket(self.decl.bucket_name)
+            while True:  # Bucket.delete(force=True) stops at 256 objects
+                page = list(client.list_blobs(self.decl.bucket_name, max_results=1000, versions=True))
+                if not page:
+                    break
+                for blob in page:
+                    blob.delete()
+            bucket.delete()
+        except Exception as e:
+            raise cloud_error_line(f"bucket {self.name}: delete", e) from e
+
+
+class GCSNotificationResource(Resource):
+    """The bucket's OBJECT_FINALIZE notification to the topic (``gcp`` only), and the
+    publisher role the Cloud Storage service agent needs on that topic."""
+
+    kind = "notification"
+
+    def __init__(self, env: Environment, project: str, decl: GCSFileStream, topic_path: str) -> None:
+        self.env = env
+        self.project = project
+        self.decl = decl
+        self.topic_path = topic_path
+        self.topic = topic_path.rsplit("/", 1)[-1]
+        self.name = f"gs://{decl.bucket_name} -> {topic_path}"
+
+    def _find(self) -> Any:
+        bucket = storage_client(self.env, self.project).bucket(self.decl.bucket_name)
+        for n in bucket.list_notifications():
+            if n.topic_name == self.topic and n.topic_project == self.project:
+                return n
+        return None
+
+    def inspect(self) -> ResourceState:
+        try:
+            n = self._find()
+        except Exception as e:
+            if type(e).__name__ == "NotFound":
+                return ResourceState(exists=False)
+            raise cloud_error_line(f"notification {self.name}", e) from e
+        if n is None:
+            return ResourceState(exists=False)
+        conflicts = []
+        if list(n.event_types or []) != ["OBJECT_FINALIZE"]:
+            conflicts.append(f"event types {n.event_types}, declared ['OBJECT_FINALIZE']")
+        if (n.blob_name_prefix or "") != self.decl.prefix:
+            conflicts.append(f"prefix {n.blob_name_prefix!r}, declared {self.decl.prefix!r}")
+        if n.payload_format != "JSON_API_V1":
+            conflicts.append(f"payload format {n.payload_format}, declared JSON_API_V1")
+        return ResourceState(True, conflicts=tuple(conflicts))
+
+    def create(self) -> None:
+        client = storage_client(self.env, self.project)
+        try:
+            agent = client.get_service_account_email(project=self.project)
+            publisher = pubsub_publisher(self.env)
+            policy = publisher.get_iam_policy(request={"resource": self.topic_path})
+            policy.bindings.add(role="roles/pubsub.publisher", members=[f"serviceAccount:{agent}"])
+            publisher.set_iam_policy(request={"resource": self.topic_path, "policy": policy})
+            client.bucket(self.decl.bucket_name).notification(
+                topic_name=self.topic,
+                topic_project=self.project,
+                event_types=["OBJECT_FINALIZE"],
+                payload_format="JSON_API_V1",
+                blob_name_prefix=self.decl.prefix or None,
+            ).create()
+        except Exception as e:
+            raise cloud_error_line(f"notification {self.name}: create", e) from e
+
+    def delete(self) -> None:
+        try:
+            n = self._find()
+            if n is not None:
+                n.delete()
+        except Exception as e:
+            if type(e).__name__ != "NotFound":
+                raise cloud_error_line(f"notification {self.name}: delete", e) from e
+
+
+class GCSFileStreamProvider(SourceProvider):
+    """Binds :class:`GCSFileStream` to ``gcp`` or ``emulator``."""
+
+    declaration: GCSFileStream
+
+    @property
+    def project(self) -> str:
+        project = self.declaration.project_id
+        if project is None and self.environment.name == "emulator":
+            project = "buildflow-local"
+        if project is None:
+            raise ConfigurationError(
+                f"{self.declaration.describe()}: project_id is required in the "
+                f"{self.environment.name!r} environment (set it on the declaration, e.g. "
+                "GCSFileStream(project_id='my-project', bucket_name=...))."
+            )
+        return project
+
+    def topic_path(self) -> str:
+        if self.environment.name == "emulator":
+            return gcs_events_topic(self.environment)
+        return f"projects/{self.project}/topics/buildflow-{self.declaration.bucket_name}"
+
+    def subscription_path(self, consumer: str) -> str:
+        return f"projects/{self.project}/subscriptions/buildflow-{self.declaration.bucket_name}-{consumer}"
+
+    def resources(self, consumer: str) -> list[Resource]:
+        env, decl = self.environment, self.declaration
+        topic = self.topic_path()
+        out: list[Resource] = [GCSBucketResource(env, self.project, decl)]
+        if env.name == "gcp":
+            out += [
+                PubSubTopicResource(env, topic),
+                GCSNotificationResource(env, self.project, decl, topic),
+            ]
+        out.append(
+            PubSubSubscriptionResource(env, self.subscription_path(consumer), topic, decl.ack_deadline_secs)
+        )
+        return out
+
+    def open(self, consumer: str) -> SourceRuntime[Any]:
+        decl, env, project = self.declaration, self.environment, self.project
+        return PubSubPullSource(
+            env,
+            self.subscription_path(consumer),
+            decl.ack_deadline_secs,
+            lambda received: decode_notification(received, decl, env, project),
+        )
