@@ -1,0 +1,1 @@
+"""Infrastructure for buildflow: the local stack of Google Cloud fakes (``infra.stack``)."""

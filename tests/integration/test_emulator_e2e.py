@@ -1,0 +1,238 @@
+"""The same main.py against real local servers speaking the GCP protocols (--env emulator):
+upload with google-cloud-storage -> OBJECT_FINALIZE on Pub/Sub -> model -> BigQuery,
+queried with google-cloud-bigquery and UNNEST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES
+from models.samples import sample_photos
+from tests.models.sample_images import truncated_jpeg
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "buildflow.cli"]
+PROJECT = "buildflow-local"
+TABLE = f"{PROJECT}.image_classification.predictions"
+DEAD = f"{PROJECT}.image_classification.buildflow_dead_letters"
+
+
+@pytest.fixture
+def app_env(local_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    env = dict(local_stack.env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    # each test gets its own bucket: the stack is shared by the session
+    bucket = f"bf-test-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    env = {**os.environ, **env, "BUCKET_NAME": bucket, "COLUMNS": "200", "BUILDFLOW_ENV": "emulator"}
+    yield env
+
+
+def cli(
+    *args: str, env: dict[str, str], check: bool = True, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, input=""
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"buildflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def bq() -> Any:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    return bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]),
+    )
+
+
+def gcs() -> Any:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+
+
+def rows(sql: str) -> list[dict[str, Any]]:
+    return [dict(r.items()) for r in bq().query(sql).result()]
+
+
+def wait_for(
+    predicate: Any, what: str, timeout: float = 120.0, proc: subprocess.Popen[str] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run exited early while waiting for {what}: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_emulator_plan_run_upload_query_destroy(app_env: dict[str, str], tmp_path: Path) -> None:
+    bucket_name = app_env["BUCKET_NAME"]
+    first = cli("plan", "main:app", "--yes", env=app_env)
+    for kind in ("bucket", "subscription", "dataset", "table"):
+        assert kind in first.stdout
+    assert "No changes" in cli("plan", "main:app", env=app_env).stdout
+
+    summary_path = tmp_path / "summary.json"
+    run = subprocess.Popen(
+        [*CLI, "run", "main:app", "--summary-json", str(summary_path)],
+        cwd=REPO,
+        env=app_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        bucket = gcs().bucket(bucket_name)
+        photos = sample_photos(require_darknet=True)
+        for name, data in photos.items():
+            bucket.blob(name).upload_from_string(data, content_type="image/jpeg")
+        bucket.blob("broken.jpg").upload_from_string(truncated_jpeg(), content_type="image/jpeg")
+
+        def landed() -> bool:
+            n = rows(f"SELECT count(*) AS n FROM `{TABLE}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+            d = rows(f"SELECT count(*) AS n FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+            return n[0]["n"] == len(photos) and d[0]["n"] == 1
+
+        wait_for(landed, "rows of every upload", proc=run)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    summary = json.loads(summary_path.read_text())
+    assert summary["rows"] == len(photos) and summary["dead_letters"] == 1
+    assert summary["processors"][0]["metrics"]["model_loads"] == 1
+
+    labels = rows(
+        f"SELECT image_name, c.label, c.class_index, c.confidence FROM `{TABLE}`, "
+        f"UNNEST(classifications) AS c WHERE STARTS_WITH(event_id, '{bucket_name}/')"
+    )
+    top: dict[str, list[dict[str, Any]]] = {}
+    for r in labels:
+        top.setdefault(r["image_name"], []).append(r)
+    for preds in top.values():
+        preds.sort(key=lambda r: -r["confidence"])
+    assert {p["class_index"] for p in top["chelsea.jpg"]} & set(CAT_CLASS_INDICES)
+    assert top["coffee.jpg"][0]["label"] == "espresso"
+    assert top["dog.jpg"][0]["class_index"] in DOG_CLASS_INDICES
+    (dead,) = rows(f"SELECT * FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+    assert dead["object_name"] == "broken.jpg" and dead["error_type"] == "TruncatedImageError"
+
+    gone = cli("destroy", "main:app", "--yes", env=app_env)
+    assert "Deleted" in gone.stdout
+    assert gcs().lookup_bucket(bucket_name) is None
+    from google.cloud import pubsub_v1
+
+    subs = [
+        s.name
+        for s in pubsub_v1.SubscriberClient().list_subscriptions(request={"project": f"projects/{PROJECT}"})
+    ]
+    assert not [s for s in subs if bucket_name in s]
+    datasets = [d.dataset_id for d in bq().list_datasets()]
+    assert "image_classification" not in datasets
+
+
+CONFLICT_APP = """
+import dataclasses, os
+import buildflow
+from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
+
+@dataclasses.dataclass
+class Row:
+    image_name: int
+
+class P(buildflow.Processor):
+    name = "image_classification"
+    def source(self):
+        return GCSFileStream(project_id="buildflow-local", bucket_name=os.environ["BUCKET_NAME"])
+    def sink(self):
+        return BigQueryTable(table_id="buildflow-local.image_classification.predictions")
+    def process(self, event: GCSFileEvent) -> Row:
+        return Row(event.size)
+
+app = buildflow.Node()
+app.add(P())
+"""
+
+
+def test_emulator_plan_reports_a_schema_conflict(app_env: dict[str, str], tmp_path: Path) -> None:
+    cli("plan", "main:app", "--yes", env=app_env)
+    try:
+        (tmp_path / "conflict_app.py").write_text(CONFLICT_APP)
+        plan = cli("plan", "conflict_app:app", env=app_env, check=False, cwd=tmp_path)
+        assert plan.returncode == 1 and "conflict" in plan.stdout
+        assert "image_name" in plan.stdout and "INT64" in plan.stdout
+    finally:
+        cli("destroy", "main:app", "--yes", env=app_env)
+
+
+def test_unacked_message_is_redelivered_and_nack_redelivers_at_once(app_env: dict[str, str]) -> None:
+    import asyncio
+
+    from buildflow.environment import Environment
+    from buildflow.io import GCSFileStream
+    from buildflow.io.google.gcs import GCSFileStreamProvider
+    from buildflow.provisioning import apply, plan
+
+    bucket_name = app_env["BUCKET_NAME"]
+    env = Environment(name="emulator", state_dir=REPO / ".buildflow" / "emulator")
+    provider = GCSFileStreamProvider(
+        GCSFileStream(project_id=PROJECT, bucket_name=bucket_name, ack_deadline_secs=10), env
+    )
+    resources = provider.resources("redelivery")
+    apply(plan(resources))
+    try:
+        gcs().bucket(bucket_name).blob("coffee.jpg").upload_from_string(sample_photos()["coffee.jpg"])
+
+        async def scenario() -> tuple[str, str, str, bytes]:
+            first_src = provider.open("redelivery")
+            got: list[Any] = []
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                got = await first_src.pull(10, 1.0)
+            (first,) = got
+            await first_src.nack(got)  # modifyAckDeadline 0: back at once
+            again: list[Any] = []
+            while not again and time.monotonic() < deadline:
+                again = await first_src.pull(10, 1.0)
+            (second,) = again
+            await first_src.close()  # closed without ack: redelivered after the deadline
+            src = provider.open("redelivery")
+            third: list[Any] = []
+            deadline = time.monotonic() + 40
+            while not third and time.monotonic() < deadline:
+                third = await src.pull(10, 1.0)
+            data = await asyncio.to_thread(lambda: third[0].event.blob)
+            await src.ack(third)
+            assert await src.pull(10, 0.5) == []
+            await src.close()
+            return first.event_id, second.event_id, third[0].event_id, data
+
+        a, b, c, data = asyncio.run(scenario())
+        assert a == b == c == f"{bucket_name}/coffee.jpg#" + a.split("#")[1]
+        assert data == sample_photos()["coffee.jpg"]
+    finally:
+        from buildflow.provisioning import destroy, plan_destroy
+
+        destroy(plan_destroy(resources, force=True))
