@@ -28,4 +28,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# The local stack of the emulator environment (Pub/Sub, GCS, BigQuery fakes): Debian's Go
+# toolchain and sources, our pstest build, the bqemulator venv. Idempotent; ~70 s cold.
+if [ "${SETUP_SKIP_STACK:-0}" != 1 ]; then
+  .venv/bin/python -m infra.stack install
+fi
 echo "setup: done. Activate with: source .venv/bin/activate"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = ["buildflow", "models", "processors", "schemas", "benchmarks", "tests", "main.py"]
+CODE = ["buildflow", "models", "processors", "schemas", "benchmarks", "infra", "tests", "main.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
