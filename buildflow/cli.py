@@ -349,6 +349,46 @@ def run_cmd(
         raise typer.Exit(130)
 
 
+@cli.command("upload")
+def upload_cmd(
+    app: AppArg,
+    files: Annotated[
+        list[Path], typer.Argument(help="Files to upload (their base names become object names).")
+    ],
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    processor: Annotated[
+        str | None, typer.Option("--processor", help="Whose source (default: the first processor's).")
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="Prepended to each object name.")] = "",
+    log_level: LogOpt = "warning",
+) -> None:
+    """Upload files into the app's source (local: the bucket folder; emulator/gcp: the GCS
+    bucket), the way a user would."""
+    import mimetypes
+
+    _configure_logging(log_level)
+    try:
+        node = load_app(app)
+        bound = node.bind(node.environment(env, state_dir))
+        chosen = next((b for b in bound if processor in (None, b.name)), None)
+        if chosen is None:
+            raise AppLoadError(
+                f"no processor named {processor!r}; processors: {', '.join(b.name for b in bound)}"
+            )
+        for f in files:
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                raise BuildflowError(f"cannot read {str(f)!r}: {e.strerror}") from e
+            where = chosen.source.upload(prefix + f.name, data, mimetypes.guess_type(f.name)[0])
+            out.print(f"uploaded {f} -> {where}", markup=False)
+    except NotImplementedError as e:
+        raise _fail(e) from e
+    except BuildflowError as e:
+        raise _fail(e) from e
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return f"<{len(v)} bytes>"

@@ -220,6 +220,15 @@ class SourceProvider(ABC):
     def open(self, consumer: str) -> SourceRuntime[Any]:
         """Open the live source on the current worker."""
 
+    def upload(self, name: str, data: bytes, content_type: str | None = None) -> str:
+        """Put one object into the source the way a user would (``buildflow upload``):
+        returns where it went (e.g. ``gs://bucket/name``).
+
+        Raises:
+            NotImplementedError: this source cannot be written to.
+        """
+        raise NotImplementedError(f"{self.declaration.describe()} does not support upload")
+
 
 class SinkProvider(ABC):
     """A sink declaration bound to an environment. Picklable."""

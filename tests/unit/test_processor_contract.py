@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 import buildflow
+import buildflow.io.base
 from buildflow.errors import ConfigurationError, ProcessorDefinitionError, SchemaError
 from buildflow.io import BigQueryTable, DuckDBTable, GCSFileEvent, GCSFileStream
 from buildflow.processor import inspect_processor
@@ -214,10 +215,26 @@ def test_unknown_environment_lists_valid_ones() -> None:
         app.environment("prod")
 
 
+@dataclasses.dataclass(frozen=True)
+class NowhereStream(buildflow.io.base.SourceDeclaration):
+    """A declaration no environment has a provider for."""
+
+    event_type = GCSFileEvent
+
+    def describe(self) -> str:
+        return "NowhereStream()"
+
+
 def test_declaration_without_provider_in_env_is_clear() -> None:
     from buildflow.errors import EnvironmentNotSupportedError
 
+    class P(Good):
+        def source(self) -> NowhereStream:  # type: ignore[override]
+            return NowhereStream()
+
     app = buildflow.Node(app_dir=".")
-    app.add(Good())
-    with pytest.raises(EnvironmentNotSupportedError, match="no provider in the 'gcp' environment"):
+    app.add(P())
+    with pytest.raises(
+        EnvironmentNotSupportedError, match="NowhereStream\\(\\) has no provider in the 'gcp'"
+    ):
         app.bind(app.environment("gcp"))

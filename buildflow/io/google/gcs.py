@@ -301,6 +301,15 @@ class GCSFileStreamProvider(SourceProvider):
         )
         return out
 
+    def upload(self, name: str, data: bytes, content_type: str | None = None) -> str:
+        """Upload ``data`` as object ``name`` (its OBJECT_FINALIZE raises the event)."""
+        bucket = storage_client(self.environment, self.project).bucket(self.declaration.bucket_name)
+        try:
+            bucket.blob(name).upload_from_string(data, content_type=content_type)
+        except Exception as e:
+            raise cloud_error_line(f"upload gs://{bucket.name}/{name}", e) from e
+        return f"gs://{bucket.name}/{name}"
+
     def open(self, consumer: str) -> SourceRuntime[Any]:
         decl, env, project = self.declaration, self.environment, self.project
         return PubSubPullSource(

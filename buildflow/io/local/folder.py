@@ -395,6 +395,30 @@ class LocalBucketProvider(SourceProvider):
             LocalSubscriptionResource(self.ack_store_path(consumer)),
         ]
 
+    def upload(self, name: str, data: bytes, content_type: str | None = None) -> str:
+        """Write ``data`` as object ``name``: to a hidden temporary file, then renamed into
+        place, so the watcher never sees a half-written file.
+
+        Raises:
+            ConfigurationError: ``name`` is empty, absolute, or leaves the bucket (``..``).
+            ResourceMissingError: the bucket folder does not exist (run ``plan``).
+        """
+        from buildflow.errors import ConfigurationError, ResourceMissingError
+
+        root = self.bucket_dir.resolve()
+        target = (root / name).resolve()
+        if not name or name.startswith("/") or not target.is_relative_to(root) or target == root:
+            raise ConfigurationError(f"object name {name!r} is not inside bucket folder {str(root)!r}")
+        if not root.is_dir():
+            raise ResourceMissingError(
+                f"bucket folder {str(root)!r} does not exist; run `buildflow plan` first."
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return str(target)
+
     def open(self, consumer: str) -> SourceRuntime[Any]:
         from buildflow.errors import ResourceMissingError
 
