@@ -3,11 +3,11 @@
 Starts the local stack on free ports, plans the app in ``--env emulator``, starts
 ``buildflow run``, then:
 * burst: uploads N distinct real photos as fast as one client can, and reports images/s
-  (N / (last row's ``processed_at`` - first upload's finalize time));
-* paced: uploads M photos at a fixed rate and reports upload-to-row latency p50/p95, as
-  ``processed_at - upload`` (the object's finalize time, from the notification): it
-  includes notification delivery, pull, micro-batching, decode and inference, not the
-  BigQuery insert that follows.
+  (N / (last row's ``processed_at`` - when the first upload call returned));
+* paced: uploads M photos at a fixed rate and reports upload-to-row latency p50/p95, from
+  the moment each upload call returned to the row's ``processed_at``: notification delivery,
+  pull, micro-batching, decode and inference, not the BigQuery insert that follows. (The
+  GCS fake's ``eventTime`` is truncated to whole seconds, so it is not used.)
 
     .venv/bin/python -m benchmarks.emulator_uploads --images 200 --paced 40 --rate 5
 """
@@ -79,21 +79,23 @@ def main() -> None:
             )
             table = f"{stack.project}.image_classification.predictions"
 
+            uploaded_at: dict[str, float] = {}
+
             def upload(prefix: str, n: int, rate: float | None) -> None:
                 t0 = time.monotonic()
                 for i, (name, data) in zip(range(n), itertools.cycle(photos)):
                     if rate:
                         time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-                    bucket.blob(f"{prefix}/{i:04d}_{name}").upload_from_string(
-                        data, content_type="image/jpeg"
-                    )
+                    obj = f"{prefix}/{i:04d}_{name}"
+                    bucket.blob(obj).upload_from_string(data, content_type="image/jpeg")
+                    uploaded_at[obj] = time.time()  # the upload call returned
 
             def fetch(prefix: str, n: int) -> list[Any]:
                 deadline = time.monotonic() + 600
                 while time.monotonic() < deadline:
                     rows = list(
                         bq.query(
-                            f"SELECT upload, processed_at FROM `{table}` "
+                            f"SELECT image_name, processed_at FROM `{table}` "
                             f"WHERE STARTS_WITH(image_name, '{prefix}/')"
                         ).result()
                     )
@@ -105,10 +107,11 @@ def main() -> None:
             load0 = os.getloadavg()[0]
             upload("burst", args.images, None)
             burst = fetch("burst", args.images)
-            span = (max(r["processed_at"] for r in burst) - min(r["upload"] for r in burst)).total_seconds()
+            first = min(uploaded_at[r["image_name"]] for r in burst)
+            span = max(r["processed_at"].timestamp() for r in burst) - first
             upload("paced", args.paced, args.rate)
             paced = fetch("paced", args.paced)
-            lat = sorted((r["processed_at"] - r["upload"]).total_seconds() * 1000 for r in paced)
+            lat = sorted((r["processed_at"].timestamp() - uploaded_at[r["image_name"]]) * 1000 for r in paced)
             load1 = os.getloadavg()[0]
         finally:
             if run is not None:
