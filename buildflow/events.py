@@ -15,7 +15,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
-__all__ = ["BlobReader", "GCSFileEvent"]
+__all__ = ["BlobReader", "FileEvent", "GCSFileEvent", "PubSubMessageEvent"]
 
 
 class BlobReader(ABC):
@@ -30,8 +30,26 @@ class BlobReader(ABC):
         """
 
 
+class FileEvent:
+    """Common base of events that carry one file-like payload, so one processor can take
+    them from any source (annotate ``process(self, event: FileEvent)``).
+
+    Every subclass has ``name`` (str), ``event_id`` (str), ``event_time`` (aware datetime),
+    ``blob`` (the payload's bytes, read on first access) and ``metadata`` (str -> str).
+    """
+
+    name: str
+    event_id: str
+    event_time: datetime.datetime
+    metadata: Mapping[str, str]
+
+    @property
+    def blob(self) -> bytes:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class GCSFileEvent:
+class GCSFileEvent(FileEvent):
     """An object was finalized (uploaded or overwritten) in a bucket.
 
     Attributes:
@@ -97,3 +115,39 @@ class GCSFileEvent:
             "eventTime": event_time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
             "payloadFormat": "JSON_API_V1",
         }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PubSubMessageEvent(FileEvent):
+    """A Pub/Sub message that carries an image, or points at one.
+
+    The payload is the file itself, unless it (or the ``uri`` attribute) is a
+    ``gs://bucket/object`` reference: then :attr:`blob` downloads that object.
+
+    Attributes:
+        message_id: Pub/Sub's id, stable across redeliveries.
+        data: The raw payload.
+        name: The ``name`` attribute, else the referenced object's name, else the message id.
+        event_id: ``<topic>/<message_id>``.
+        event_time: The publish time (UTC).
+        metadata: The message attributes.
+        uri: The ``gs://`` reference, if the message is one.
+    """
+
+    message_id: str
+    data: bytes = dataclasses.field(repr=False)
+    name: str
+    event_id: str
+    event_time: datetime.datetime
+    metadata: Mapping[str, str]
+    uri: str | None = None
+    reader: BlobReader | None = dataclasses.field(default=None, repr=False)
+
+    @functools.cached_property
+    def blob(self) -> bytes:
+        """The payload, or the referenced object's bytes (read on first access).
+
+        Raises:
+            FileNotFoundError: the referenced object does not exist.
+        """
+        return self.reader.read() if self.reader is not None else self.data

@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 import buildflow
-from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
+from buildflow.io import BigQueryTable, FileEvent, GCSFileStream
+from buildflow.io.base import SourceDeclaration
 from schemas import Classification, ImageClassificationRow
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class ImageClassificationProcessor(buildflow.Processor):
         max_pixels: Decompression-bomb limit, pixels (default: models.DEFAULT_MAX_PIXELS,
             Pillow's own limit).
         decode_threads: Threads that decode a micro-batch in parallel.
+        source: Another source of file events instead of the bucket, e.g.
+            ``PubSubSubscription(...)`` whose messages carry images (``bucket_name`` then
+            only names the default source and is not used).
     """
 
     name = "image_classification"
@@ -59,7 +63,9 @@ class ImageClassificationProcessor(buildflow.Processor):
         device: Literal["cpu", "cuda"] = "cpu",
         max_pixels: int | None = None,
         decode_threads: int = 2,
+        source: SourceDeclaration | None = None,
     ) -> None:
+        self._source = source
         self.bucket_name = bucket_name
         self.table_id = table_id
         self.project_id = project_id
@@ -72,7 +78,9 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.model: ImageClassifier | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def source(self) -> GCSFileStream:
+    def source(self) -> SourceDeclaration:
+        if self._source is not None:
+            return self._source
         return GCSFileStream(project_id=self.project_id, bucket_name=self.bucket_name, force_destroy=True)
 
     def sink(self) -> BigQueryTable:
@@ -97,7 +105,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _decode(self, event: GCSFileEvent) -> tuple[object, int, int, float]:
+    def _decode(self, event: FileEvent) -> tuple[object, int, int, float]:
         from models import decode_image
 
         assert self.model is not None and self.max_pixels is not None
@@ -111,7 +119,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         tensor = self.model.preprocess(image)
         return tensor, width, height, (time.perf_counter() - t0) * 1000
 
-    def process_batch(self, events: list[GCSFileEvent]) -> list[ImageClassificationRow | Exception]:
+    def process_batch(self, events: list[FileEvent]) -> list[ImageClassificationRow | Exception]:
         assert self.model is not None and self._pool is not None
         futures = [self._pool.submit(self._decode, e) for e in events]
         decoded: list[tuple[object, int, int, float] | Exception] = []

@@ -1,8 +1,19 @@
 """Sources and sinks (declarations), and the event types they deliver."""
 
+from buildflow.events import FileEvent as FileEvent
 from buildflow.events import GCSFileEvent as GCSFileEvent
+from buildflow.events import PubSubMessageEvent as PubSubMessageEvent
 from buildflow.io.duckdb import DuckDBTable as DuckDBTable
 from buildflow.io.gcp import BigQueryTable as BigQueryTable
 from buildflow.io.gcp import GCSFileStream as GCSFileStream
+from buildflow.io.pubsub import PubSubSubscription as PubSubSubscription
 
-__all__ = ["GCSFileStream", "BigQueryTable", "DuckDBTable", "GCSFileEvent"]
+__all__ = [
+    "GCSFileStream",
+    "PubSubSubscription",
+    "BigQueryTable",
+    "DuckDBTable",
+    "FileEvent",
+    "GCSFileEvent",
+    "PubSubMessageEvent",
+]

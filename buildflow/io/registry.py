@@ -21,6 +21,8 @@ _SOURCES: dict[tuple[str, str], str] = {
     ("GCSFileStream", "local"): "buildflow.io.local.folder:LocalBucketProvider",
     ("GCSFileStream", "emulator"): "buildflow.io.google.gcs:GCSFileStreamProvider",
     ("GCSFileStream", "gcp"): "buildflow.io.google.gcs:GCSFileStreamProvider",
+    ("PubSubSubscription", "emulator"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
+    ("PubSubSubscription", "gcp"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
     ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 

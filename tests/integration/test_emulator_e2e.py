@@ -236,3 +236,147 @@ def test_unacked_message_is_redelivered_and_nack_redelivers_at_once(app_env: dic
         from buildflow.provisioning import destroy, plan_destroy
 
         destroy(plan_destroy(resources, force=True))
+
+
+PUBSUB_APP = """
+import os
+from buildflow import Node
+from buildflow.io import PubSubSubscription
+from processors import ImageClassificationProcessor
+
+app = Node()
+app.add(ImageClassificationProcessor(
+    bucket_name="unused-bucket",
+    table_id="buildflow-local.pubsub_images.predictions",
+    source=PubSubSubscription(
+        project_id="buildflow-local",
+        subscription=os.environ["SUB"],
+        topic=os.environ["TOPIC"],
+    ),
+))
+"""
+
+
+def test_pubsub_messages_carrying_or_pointing_at_images(app_env: dict[str, str], tmp_path: Path) -> None:
+    """Image bytes in the payload, a gs:// reference, and an empty message (dead-lettered)."""
+    from google.cloud import pubsub_v1
+
+    suffix = app_env["BUCKET_NAME"]
+    env = {**app_env, "SUB": f"images-{suffix}", "TOPIC": f"images-{suffix}"}
+    (tmp_path / "pubsub_app.py").write_text(PUBSUB_APP)
+    plan = cli("plan", "pubsub_app:app", "--yes", env=env, cwd=tmp_path)
+    assert "topic" in plan.stdout and "subscription" in plan.stdout
+    photos = sample_photos()
+    (tmp_path / "chelsea.jpg").write_bytes(photos["chelsea.jpg"])
+    up = cli("upload", "pubsub_app:app", str(tmp_path / "chelsea.jpg"), env=env, cwd=tmp_path)
+    assert "message" in up.stdout
+    bucket = gcs().create_bucket(f"{suffix}-refs")
+    bucket.blob("in/coffee.jpg").upload_from_string(photos["coffee.jpg"])
+    topic = f"projects/{PROJECT}/topics/images-{suffix}"
+    publisher = pubsub_v1.PublisherClient()
+    publisher.publish(topic, f"gs://{bucket.name}/in/coffee.jpg".encode()).result(timeout=30)
+    publisher.publish(topic, b"", note="nothing here").result(timeout=30)
+    try:
+        summary_path = tmp_path / "summary.json"
+        cli(
+            "run",
+            "pubsub_app:app",
+            "--until-idle",
+            "--summary-json",
+            str(summary_path),
+            env=env,
+            cwd=tmp_path,
+        )
+        summary = json.loads(summary_path.read_text())
+        assert summary["rows"] == 2 and summary["dead_letters"] == 1
+        got = {
+            r["image_name"]: r["label"]
+            for r in rows(
+                f"SELECT image_name, classifications[OFFSET(0)].label AS label "
+                f"FROM `{PROJECT}.pubsub_images.predictions`"
+            )
+        }
+        assert got["in/coffee.jpg"] == "espresso"
+        assert "chelsea.jpg" in got
+        (dead,) = rows(f"SELECT * FROM `{PROJECT}.pubsub_images.buildflow_dead_letters`")
+        assert dead["stage"] == "decode" and "empty message" in dead["reason"]
+    finally:
+        cli("destroy", "pubsub_app:app", "--yes", "--force", env=env, cwd=tmp_path)
+        bucket.delete(force=True)
+
+
+def test_slow_batch_keeps_its_lease_instead_of_being_redelivered(app_env: dict[str, str]) -> None:
+    """A message held three times its ack deadline is not redelivered to another consumer
+    of the same subscription while in flight (its lease is extended), and is gone once acked."""
+    import asyncio
+
+    from google.cloud import pubsub_v1
+
+    from buildflow.environment import Environment
+    from buildflow.io import PubSubSubscription
+    from buildflow.io.google.pubsub import (
+        PubSubPullSource,
+        PubSubSubscriptionResource,
+        PubSubTopicResource,
+        decode_message,
+    )
+
+    suffix = app_env["BUCKET_NAME"]
+    env = Environment(name="emulator", state_dir=REPO / ".buildflow" / "emulator")
+    decl = PubSubSubscription(project_id=PROJECT, subscription=f"lease-{suffix}", topic=f"lease-{suffix}")
+    topic = PubSubTopicResource(env, decl.topic_path)
+    sub = PubSubSubscriptionResource(env, decl.subscription_path, decl.topic_path, ack_deadline_secs=1)
+    topic.create()
+    sub.create()
+    try:
+        pubsub_v1.PublisherClient().publish(decl.topic_path, b"payload").result(timeout=30)
+
+        def source() -> PubSubPullSource:
+            return PubSubPullSource(env, decl.subscription_path, 1, lambda m: decode_message(m, decl, env))
+
+        async def scenario() -> tuple[int, int]:
+            holder, other = source(), source()
+            got: list[Any] = []
+            deadline = time.monotonic() + 20
+            while not got and time.monotonic() < deadline:
+                got = await holder.pull(10, 0.5)
+            assert len(got) == 1
+            stolen = 0
+            end = time.monotonic() + 3.0  # three ack deadlines
+            while time.monotonic() < end:
+                stolen += len(await other.pull(10, 0.2))
+            await holder.ack(got)
+            end = time.monotonic() + 2.5
+            after = 0
+            while time.monotonic() < end:
+                after += len(await other.pull(10, 0.2))
+            await holder.close()
+            await other.close()
+            return stolen, after
+
+        stolen, after = asyncio.run(scenario())
+        assert stolen == 0, "an in-flight message was redelivered while its lease was held"
+        assert after == 0, "an acked message came back"
+    finally:
+        sub.delete()
+        topic.delete()
+
+
+def test_cloud_errors_are_one_line_with_the_fix(app_env: dict[str, str]) -> None:
+    from buildflow.environment import Environment
+    from buildflow.errors import ProvisioningError
+    from buildflow.io import GCSFileStream
+    from buildflow.io.google.gcs import GCSBucketResource
+
+    env = Environment(name="emulator", state_dir=REPO / ".buildflow" / "emulator")
+    decl = GCSFileStream(project_id=PROJECT, bucket_name=app_env["BUCKET_NAME"] + "-taken")
+    bucket = GCSBucketResource(env, PROJECT, decl)
+    bucket.create()
+    try:
+        with pytest.raises(ProvisioningError) as info:
+            bucket.create()
+        message = str(info.value)
+        assert "\n" not in message and "create" in message and "Conflict" in message
+        assert "choose another name" in message
+    finally:
+        bucket.delete()

@@ -30,7 +30,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server logs stay there after the session for post-mortems.
     """
     state_dir = tmp_path_factory.mktemp("local-stack")
-    stack = start(state_dir=state_dir)
+    # a 1 s minimum ack deadline lets redelivery and lease-extension tests run in seconds
+    stack = start(state_dir=state_dir, min_ack_deadline_secs=1)
     try:
         yield stack
     finally:

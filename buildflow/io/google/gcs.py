@@ -51,13 +51,13 @@ _REQUIRED_ATTRIBUTES = ("bucketId", "objectId", "objectGeneration", "eventType")
 @dataclasses.dataclass(frozen=True)
 class GCSBlobReader(BlobReader):
     """Downloads one generation of an object (so an overwrite never changes what an event
-    reads)."""
+    reads); ``generation=None`` reads the live one."""
 
     env: Environment
     project: str | None
     bucket: str
     name: str
-    generation: int
+    generation: int | None
 
     def read(self) -> bytes:
         from google.api_core import exceptions
@@ -71,7 +71,9 @@ class GCSBlobReader(BlobReader):
             data: bytes = blob.download_as_bytes()
         except exceptions.NotFound as e:
             raise FileNotFoundError(
-                f"gs://{self.bucket}/{self.name}#{self.generation} no longer exists"
+                f"gs://{self.bucket}/{self.name}"
+                + (f"#{self.generation}" if self.generation is not None else "")
+                + " does not exist"
             ) from e
         return data
 

@@ -18,12 +18,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.io.base import Envelope, SourceRuntime
+from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
+from buildflow.io.pubsub import PubSubSubscription
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 
 __all__ = [
+    "PubSubSubscriptionProvider",
+    "decode_message",
     "PubSubTopicResource",
     "PubSubSubscriptionResource",
     "PubSubPullSource",
@@ -228,7 +231,7 @@ class PubSubPullSource(SourceRuntime[Any]):
 
     async def _extend_leases(self) -> None:
         """Every ack_deadline/3, push the deadline of everything still in flight."""
-        period = max(1.0, self.ack_deadline_secs / 3)
+        period = max(0.2, self.ack_deadline_secs / 3)
         while True:
             await asyncio.sleep(period / 2)
             now = time.monotonic()
@@ -282,3 +285,82 @@ def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
         object_name=f"message {m.message_id}",
         error=error,
     )
+
+
+def decode_message(received: Any, decl: PubSubSubscription, env: Environment) -> Decoded:
+    """A received message -> envelope of a :class:`PubSubMessageEvent` (or one with
+    ``error`` set: an empty message, or a malformed ``gs://`` reference)."""
+    from buildflow.events import PubSubMessageEvent
+    from buildflow.io.google.gcs import GCSBlobReader
+
+    m = received.message
+    attrs = dict(m.attributes)
+    now = datetime.datetime.now(datetime.UTC)
+    attempt = max(1, getattr(received, "delivery_attempt", 0) or 1)
+    event_id = f"{decl.topic_path.rsplit('/', 1)[-1]}/{m.message_id}"
+    data: bytes = m.data or b""
+    uri = attrs.get("uri") or attrs.get("gcs_uri")
+    if uri is None and data[:5] == b"gs://" and len(data) < 2048:
+        uri = data.decode("utf-8", "replace").strip()
+    error: Exception | None = None
+    reader = None
+    name = attrs.get("name") or attrs.get("objectId") or m.message_id
+    if uri is not None:
+        bucket, _, obj = uri.removeprefix("gs://").partition("/")
+        if not uri.startswith("gs://") or not bucket or not obj:
+            error = ValueError(f"malformed reference {uri!r}: expected gs://bucket/object")
+        else:
+            generation = int(attrs["generation"]) if attrs.get("generation", "").isdigit() else None
+            reader = GCSBlobReader(env, decl.project_id, bucket, obj, generation)
+            name = attrs.get("name") or obj
+    elif not data:
+        error = ValueError("empty message: neither a payload nor a gs:// reference (attribute 'uri')")
+    publish_time = getattr(m, "publish_time", None)
+    when = now
+    if publish_time is not None:
+        when = datetime.datetime.fromtimestamp(publish_time.timestamp(), tz=datetime.UTC)
+    event = PubSubMessageEvent(
+        message_id=m.message_id,
+        data=data,
+        name=name,
+        event_id=event_id,
+        event_time=when,
+        metadata=attrs,
+        uri=uri,
+        reader=reader,
+    )
+    return Envelope(event, event_id, received.ack_id, now, attempt, object_name=name, error=error)
+
+
+class PubSubSubscriptionProvider(SourceProvider):
+    """Binds :class:`buildflow.io.PubSubSubscription` to ``gcp`` or ``emulator``; ``plan``
+    manages the topic and the subscription."""
+
+    declaration: PubSubSubscription
+
+    def resources(self, consumer: str) -> list[Resource]:
+        d = self.declaration
+        return [
+            PubSubTopicResource(self.environment, d.topic_path),
+            PubSubSubscriptionResource(
+                self.environment, d.subscription_path, d.topic_path, d.ack_deadline_secs
+            ),
+        ]
+
+    def open(self, consumer: str) -> SourceRuntime[Any]:
+        d, env = self.declaration, self.environment
+        return PubSubPullSource(
+            env, d.subscription_path, d.ack_deadline_secs, lambda received: decode_message(received, d, env)
+        )
+
+    def upload(self, name: str, data: bytes, content_type: str | None = None) -> str:
+        """Publish ``data`` as one message with the ``name`` attribute (a producer)."""
+        d = self.declaration
+        attrs = {"name": name} | ({"contentType": content_type} if content_type else {})
+        try:
+            message_id = (
+                pubsub_publisher(self.environment).publish(d.topic_path, data, **attrs).result(timeout=60)
+            )
+        except Exception as e:
+            raise cloud_error_line(f"publish to {d.topic_path}", e) from e
+        return f"{d.topic_path} message {message_id}"
