@@ -285,7 +285,15 @@ class _Worker:
                 if rejected:
                     self._reject(result, rejected)
             if result.dead:
-                await self._write_with_retry(self.dl_sink, result.dead, "dead-letter")
+                refused = await self._write_with_retry(self.dl_sink, result.dead, "dead-letter")
+                for r in refused or ():
+                    log.error(
+                        "processor %s: the dead-letter sink refused the record of %s (%s); "
+                        "the event is acked and its failure is only in this log",
+                        self.spec.name,
+                        result.dead[r.index].event_id,
+                        r.reason,
+                    )
             await self.source.ack(result.envelopes)
             self.inflight -= 1
             now = time.monotonic()
