@@ -91,6 +91,7 @@ class ProcessorStats:
     sink_retries: int = 0
     backlog: int | None = None
     first_row_s: float | None = None
+    first_row_at: float | None = None  # wall clock (epoch seconds) of the first row written
     latencies_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 

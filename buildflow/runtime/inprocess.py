@@ -303,6 +303,7 @@ class _Worker:
             self.stats.dead_letters += len(result.dead)
             if result.records and self.stats.first_row_s is None:
                 self.stats.first_row_s = now - self.run.started
+                self.stats.first_row_at = time.time()
             for env in result.envelopes:
                 self.stats.latencies_ms.append((wall - env.received_at).total_seconds() * 1000)
 
