@@ -24,7 +24,7 @@ from rich.text import Text
 from buildflow.errors import AppLoadError, BuildflowError
 from buildflow.node import Node
 from buildflow.provisioning import Change, apply, destroy, plan, plan_destroy
-from buildflow.runtime.base import ProcessorStats, RunOptions, RunSummary
+from buildflow.runtime.base import BoundProcessor, ProcessorStats, RunOptions, RunSummary
 
 __all__ = ["main", "load_app", "cli"]
 
@@ -349,6 +349,16 @@ def run_cmd(
         raise typer.Exit(130)
 
 
+def _choose(bound: list[BoundProcessor], processor: str | None) -> BoundProcessor:
+    """The processor named ``processor``, or the first one."""
+    chosen = next((b for b in bound if processor in (None, b.name)), None)
+    if chosen is None:
+        raise AppLoadError(
+            f"no processor named {processor!r}; processors: {', '.join(b.name for b in bound)}"
+        )
+    return chosen
+
+
 @cli.command("upload")
 def upload_cmd(
     app: AppArg,
@@ -370,12 +380,7 @@ def upload_cmd(
     _configure_logging(log_level)
     try:
         node = load_app(app)
-        bound = node.bind(node.environment(env, state_dir))
-        chosen = next((b for b in bound if processor in (None, b.name)), None)
-        if chosen is None:
-            raise AppLoadError(
-                f"no processor named {processor!r}; processors: {', '.join(b.name for b in bound)}"
-            )
+        chosen = _choose(node.bind(node.environment(env, state_dir)), processor)
         for f in files:
             try:
                 data = f.read_bytes()
@@ -418,12 +423,7 @@ def query_cmd(
     _configure_logging(log_level)
     try:
         node = load_app(app)
-        bound = node.bind(node.environment(env, state_dir))
-        chosen = next((b for b in bound if processor in (None, b.name)), None)
-        if chosen is None:
-            raise AppLoadError(
-                f"no processor named {processor!r}; processors: {', '.join(b.name for b in bound)}"
-            )
+        chosen = _choose(node.bind(node.environment(env, state_dir)), processor)
         try:
             cols, rows = chosen.sink.query(sql)
         except BuildflowError:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.errors import ConfigurationError, TransientSinkError
+from buildflow.errors import TransientSinkError
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.gcp import BigQueryTable
-from buildflow.io.google.clients import bigquery_client, cloud_error_line
+from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, diff_schemas
@@ -196,15 +196,12 @@ class BigQueryTableProvider(SinkProvider):
 
     @property
     def project(self) -> str:
-        project = self.declaration.project_id
-        if project is None and self.environment.name == "emulator":
-            project = "buildflow-local"
-        if project is None:
-            raise ConfigurationError(
-                f"{self.declaration.describe()}: use 'project.dataset.table' in the "
-                f"{self.environment.name!r} environment."
-            )
-        return project
+        return resolve_project(
+            self.declaration.project_id,
+            self.environment,
+            self.declaration.describe(),
+            "use 'project.dataset.table'",
+        )
 
     @property
     def table_id(self) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "cloud_error_line",
     "require_emulator_env",
     "gcs_events_topic",
+    "resolve_project",
 ]
 
 _LOCK = threading.Lock()
@@ -57,6 +58,22 @@ def require_emulator_env(env: Environment, *names: str) -> None:
                 f"{', '.join(leaked)} is set, which would send the 'gcp' environment to an "
                 "emulator; unset it (or use --env emulator)."
             )
+
+
+EMULATOR_PROJECT = "buildflow-local"
+
+
+def resolve_project(declared: str | None, env: Environment, what: str, fix: str) -> str:
+    """The project a declaration acts in: its own, else (emulator only) ``buildflow-local``.
+
+    Raises:
+        ConfigurationError: no project in ``gcp``; the message names ``what`` and ``fix``.
+    """
+    if declared is not None:
+        return declared
+    if env.name == "emulator":
+        return EMULATOR_PROJECT
+    raise ConfigurationError(f"{what}: {fix} in the {env.name!r} environment.")
 
 
 def gcs_events_topic(env: Environment) -> str:

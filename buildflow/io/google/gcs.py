@@ -23,7 +23,6 @@ import logging
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.errors import ConfigurationError
 from buildflow.events import BlobReader, GCSFileEvent
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.gcp import GCSFileStream
@@ -31,6 +30,7 @@ from buildflow.io.google.clients import (
     cloud_error_line,
     gcs_events_topic,
     pubsub_publisher,
+    resolve_project,
     storage_client,
 )
 from buildflow.io.google.pubsub import (
@@ -270,16 +270,12 @@ class GCSFileStreamProvider(SourceProvider):
 
     @property
     def project(self) -> str:
-        project = self.declaration.project_id
-        if project is None and self.environment.name == "emulator":
-            project = "buildflow-local"
-        if project is None:
-            raise ConfigurationError(
-                f"{self.declaration.describe()}: project_id is required in the "
-                f"{self.environment.name!r} environment (set it on the declaration, e.g. "
-                "GCSFileStream(project_id='my-project', bucket_name=...))."
-            )
-        return project
+        return resolve_project(
+            self.declaration.project_id,
+            self.environment,
+            self.declaration.describe(),
+            "set project_id on the declaration, e.g. GCSFileStream(project_id='my-project', ...),",
+        )
 
     def topic_path(self) -> str:
         if self.environment.name == "emulator":
