@@ -394,6 +394,65 @@ def upload_cmd(
         raise _fail(e) from e
 
 
+@cli.command("produce")
+def produce_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of images; sub-folder names become labels.")],
+    kafka: Annotated[str | None, typer.Option("--kafka", help="HOST:PORT/TOPIC of a Kafka topic.")] = None,
+    pubsub: Annotated[
+        str | None, typer.Option("--pubsub", help="projects/P/topics/T of a Pub/Sub topic.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Kafka payload: raw | json | reference.")] = "raw",
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.001, help="Images per second (default: as fast as possible)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most this many.")] = None,
+    log_level: LogOpt = "warning",
+) -> None:
+    """Publish a folder of images (recursively) to a Kafka or Pub/Sub topic, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from buildflow.io.kafka import KafkaTopic
+    from buildflow.producer import KafkaProducerTarget, ProducerTarget, PubSubProducerTarget, produce
+
+    _configure_logging(log_level)
+    try:
+        if (kafka is None) == (pubsub is None):
+            raise BuildflowError(
+                "give exactly one of --kafka HOST:PORT/TOPIC or --pubsub projects/P/topics/T"
+            )
+        target: ProducerTarget
+        if kafka is not None:
+            servers, _, topic = kafka.rpartition("/")
+            if not servers or not topic:
+                raise BuildflowError(f"--kafka {kafka!r}: expected HOST:PORT/TOPIC")
+            target = KafkaProducerTarget(KafkaTopic(servers, topic, payload_format=fmt))  # type: ignore[arg-type]
+        else:
+            assert pubsub is not None
+            target = PubSubProducerTarget(pubsub)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task(f"producing {folder}", total=None)
+            sent = produce(
+                folder,
+                target,
+                rate=rate,
+                limit=limit,
+                on_sent=lambda n, total: bar.update(task, completed=n, total=total),
+            )
+        out.print(f"sent {sent} images to {kafka or pubsub}", markup=False)
+    except RuntimeError as e:
+        raise _fail(e) from e
+    except BuildflowError as e:
+        raise _fail(e) from e
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return f"<{len(v)} bytes>"

@@ -23,6 +23,7 @@ _SOURCES: dict[tuple[str, str], str] = {
     ("GCSFileStream", "gcp"): "buildflow.io.google.gcs:GCSFileStreamProvider",
     ("PubSubSubscription", "emulator"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
     ("PubSubSubscription", "gcp"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
+    ("KafkaTopic", _ANY): "buildflow.io.kafka_provider:KafkaSourceProvider",
     ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 
@@ -31,6 +32,7 @@ _SINKS: dict[tuple[str, str], str] = {
     ("BigQueryTable", "emulator"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("BigQueryTable", "gcp"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+    ("KafkaTopic", _ANY): "buildflow.io.kafka_provider:KafkaSinkProvider",
     ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }
 

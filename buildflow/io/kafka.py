@@ -1,0 +1,123 @@
+"""The :class:`KafkaTopic` declaration (source and sink) and :class:`KafkaMessageEvent`.
+
+Declarations only: confluent-kafka is imported by the provider, on the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import re
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+from buildflow.errors import ConfigurationError
+from buildflow.events import BlobReader, FileEvent
+from buildflow.io.base import SinkDeclaration, SourceDeclaration
+
+__all__ = ["KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
+
+PayloadFormat = Literal["raw", "json", "reference"]
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KafkaMessageEvent(FileEvent):
+    """A Kafka record that carries an image, in one of three payload formats.
+
+    Attributes:
+        topic, partition, offset: The record's coordinates.
+        key: The record key, decoded as UTF-8 (the image id by convention), or None.
+        name: The image's name: ``image_id``/``path`` of a JSON envelope, else the key, else
+            ``topic/partition/offset``.
+        label: The ``label`` of a JSON envelope or header, if any (e.g. the true class).
+        event_id: ``<topic>/<partition>/<offset>``: stable, so rows are keyed by it.
+        event_time: The record timestamp (UTC).
+        metadata: The record headers, decoded as UTF-8.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    name: str
+    label: str | None
+    event_id: str
+    event_time: datetime.datetime
+    metadata: Mapping[str, str]
+    reader: BlobReader = dataclasses.field(repr=False)
+
+    @functools.cached_property
+    def blob(self) -> bytes:
+        """The image bytes (decoded from base64, or read from the reference), on first access."""
+        return self.reader.read()
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaTopic(SourceDeclaration, SinkDeclaration):
+    """A Kafka topic, as a source of :class:`KafkaMessageEvent` or a sink of JSON rows.
+
+    As a source, offsets are committed only after the rows of those records are written, so
+    a restart resumes where the group left off; rows are keyed by ``topic/partition/offset``,
+    so a record delivered twice (after a crash or a rebalance) is not written twice by an
+    idempotent sink. Records that cannot be decoded are dead-lettered with their coordinates.
+
+    As a sink, each row is produced as a JSON object keyed by ``<event_id>/<row_index>``.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port]``.
+        topic: The topic name.
+        group_id: Consumer group (source only). Default: ``buildflow-<processor>``.
+        payload_format: ``raw`` (the value is the image; key = image id, headers =
+            metadata), ``json`` (``{"image_id", "path", "label", "image_data": base64,
+            "timestamp"}``) or ``reference`` (the value is ``gs://bucket/object`` or a local
+            file path).
+        partitions: Partitions ``plan`` creates the topic with.
+        replication_factor: Replication factor ``plan`` creates the topic with.
+        retention_ms: ``retention.ms`` of the topic, or None for the broker's default.
+        max_message_bytes: Records larger than this are dead-lettered unread.
+        reference_root: For ``reference`` records with local paths: the only folder they may
+            point into (None: local references are refused).
+        destroy_protection: ``destroy`` keeps the topic unless ``--force``.
+        consumer_config / producer_config: Extra librdkafka settings, e.g.
+            ``{"session.timeout.ms": "6000"}``.
+    """
+
+    bootstrap_servers: str
+    topic: str
+    group_id: str | None = None
+    payload_format: PayloadFormat = "raw"
+    partitions: int = 1
+    replication_factor: int = 1
+    retention_ms: int | None = None
+    max_message_bytes: int = 20 * 1024 * 1024
+    reference_root: str | None = None
+    destroy_protection: bool = False
+    consumer_config: tuple[tuple[str, str], ...] = ()
+    producer_config: tuple[tuple[str, str], ...] = ()
+
+    event_type: ClassVar[type] = KafkaMessageEvent
+
+    def __post_init__(self) -> None:
+        if not _TOPIC.match(self.topic or ""):
+            raise ConfigurationError(
+                f"KafkaTopic: invalid topic {self.topic!r}: 1-249 letters, digits, '.', '_' or '-'."
+            )
+        if self.payload_format not in ("raw", "json", "reference"):
+            raise ConfigurationError(
+                f"KafkaTopic: payload_format {self.payload_format!r} is not one of "
+                "'raw', 'json', 'reference'."
+            )
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ConfigurationError("KafkaTopic: partitions and replication_factor must be >= 1.")
+        for name in ("consumer_config", "producer_config"):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, tuple(sorted((str(k), str(v)) for k, v in value.items())))
+
+    def describe(self) -> str:
+        return f"KafkaTopic({self.topic!r})"
+
+    def dead_letter_sibling(self) -> KafkaTopic:
+        return dataclasses.replace(self, topic=f"{self.topic}.dead_letters", group_id=None)
