@@ -47,6 +47,7 @@ log = logging.getLogger("buildflow.io.kafka")
 def _ck() -> Any:
     try:
         import confluent_kafka
+        import confluent_kafka.admin  # noqa: F401  (a submodule, not imported by the package)
     except ImportError as e:
         raise MissingDependencyError(
             "confluent-kafka is not installed; KafkaTopic needs it: run `pip install confluent-kafka`"
@@ -191,7 +192,8 @@ class KafkaTopicResource(Resource):
             replication_factor=self.decl.replication_factor,
             config=config,
         )
-        for _, future in self._admin().create_topics([new], request_timeout=15).items():
+        admin = self._admin()  # keep a reference: a collected client cancels its futures
+        for _, future in admin.create_topics([new], request_timeout=15).items():
             try:
                 future.result(timeout=30)
             except Exception as e:
@@ -211,7 +213,8 @@ class KafkaTopicResource(Resource):
                 ) from e
 
     def delete(self) -> None:
-        for _, future in self._admin().delete_topics([self.decl.topic], operation_timeout=30).items():
+        admin = self._admin()
+        for _, future in admin.delete_topics([self.decl.topic], operation_timeout=30).items():
             try:
                 future.result(timeout=30)
             except Exception as e:
@@ -237,6 +240,10 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         self._inflight: dict[tuple[str, int], set[int]] = {}
         self._acked_max: dict[tuple[str, int], int] = {}
         self._last_empty = False
+        self._assigned = False
+
+    def _assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned = True
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:  # their records go to the new owner, from the last commit
@@ -246,7 +253,9 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
     def _open(self) -> None:
         ck = _ck()
         self._consumer = ck.Consumer(self._config, logger=log)
-        self._consumer.subscribe([self.decl.topic], on_revoke=self._revoked, on_lost=self._revoked)
+        self._consumer.subscribe(
+            [self.decl.topic], on_assign=self._assign, on_revoke=self._revoked, on_lost=self._revoked
+        )
 
     def _consume(self, n: int, timeout_s: float) -> list[Any]:
         if self._consumer is None:
@@ -312,7 +321,9 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         return None  # tansu reports wrong high watermarks; lag would be misleading there
 
     async def is_drained(self) -> bool:
-        return self._last_empty and not any(self._inflight.values())
+        # Not before the group has assigned us partitions: an empty poll while joining
+        # says nothing about the topic.
+        return self._assigned and self._last_empty and not any(self._inflight.values())
 
     async def close(self) -> None:
         if self._consumer is not None:
