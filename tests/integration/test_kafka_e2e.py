@@ -250,3 +250,74 @@ def test_plan_creates_and_destroy_deletes_topics(kafka_app: dict[str, Any]) -> N
     while topic in admin.list_topics(timeout=10).topics:
         assert time.monotonic() < deadline, "topic still listed after destroy"
         time.sleep(0.2)
+
+
+def _consume_all(bootstrap: str, topic: str, n: int) -> list[Any]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": "6000",
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[Any] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            got += [m for m in consumer.consume(num_messages=n, timeout=1.0) if m.error() is None]
+    finally:
+        consumer.close()
+    return got
+
+
+def test_producer_labels_records_with_their_sub_folder(kafka_app: dict[str, Any]) -> None:
+    folder = photo_folder(kafka_app["cwd"] / "photos")
+    produce(kafka_app, folder, "raw")
+    msgs = _consume_all(kafka_app["env"]["KAFKA_BOOTSTRAP_SERVERS"], kafka_app["env"]["TOPIC"], 3)
+    got = {m.key().decode(): dict(m.headers() or [])["label"].decode() for m in msgs}
+    assert got == {"cat/000_chelsea.jpg": "cat", "coffee/000_coffee.jpg": "coffee", "dog/000_dog.jpg": "dog"}
+
+
+def test_kafka_sink_writes_rows_as_json_keyed_by_event_id(kafka_app: dict[str, Any]) -> None:
+    import asyncio
+    import datetime
+
+    from buildflow.environment import Environment
+    from buildflow.io import KafkaTopic
+    from buildflow.io.base import OutputRecord
+    from buildflow.io.kafka_provider import KafkaSinkProvider
+    from buildflow.provisioning import apply, plan
+    from buildflow.schema import TableSchema
+
+    bootstrap = kafka_app["env"]["KAFKA_BOOTSTRAP_SERVERS"]
+    decl = KafkaTopic(bootstrap, kafka_app["env"]["TOPIC"] + ".predictions")
+    provider = KafkaSinkProvider(decl, Environment(name="local", state_dir=kafka_app["state"]))
+    apply(plan(provider.resources(TableSchema(()))))
+    when = datetime.datetime(2026, 11, 22, 5, 0, tzinfo=datetime.UTC)
+    records = [
+        OutputRecord(
+            "images/0/7", 0, {"image_name": "cat.jpg", "processed_at": when, "top": [{"label": "tabby"}]}
+        ),
+        OutputRecord("images/0/8", 1, {"image_name": "dog.jpg", "processed_at": when, "top": []}),
+    ]
+
+    async def write() -> None:
+        sink = provider.open(TableSchema(()))
+        await sink.write(records)
+        await sink.close()
+
+    asyncio.run(write())
+    msgs = _consume_all(bootstrap, decl.topic, 2)
+    by_key = {m.key().decode(): json.loads(m.value()) for m in msgs}
+    assert by_key["images/0/7/0"] == {
+        "image_name": "cat.jpg",
+        "processed_at": "2026-11-22T05:00:00+00:00",
+        "top": [{"label": "tabby"}],
+        "_event_id": "images/0/7",
+        "_row_index": 0,
+    }
+    assert by_key["images/0/8/1"]["image_name"] == "dog.jpg"
