@@ -380,3 +380,34 @@ def test_cloud_errors_are_one_line_with_the_fix(app_env: dict[str, str]) -> None
         assert "choose another name" in message
     finally:
         bucket.delete()
+
+
+def test_produce_a_folder_to_pubsub_with_labels(app_env: dict[str, str], tmp_path: Path) -> None:
+    from google.cloud import pubsub_v1
+
+    suffix = app_env["BUCKET_NAME"]
+    topic = f"projects/{PROJECT}/topics/produce-{suffix}"
+    sub = f"projects/{PROJECT}/subscriptions/produce-{suffix}"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(request={"name": sub, "topic": topic})
+    try:
+        photos = sample_photos()
+        for label, name in (("cat", "chelsea.jpg"), ("coffee", "coffee.jpg")):
+            (tmp_path / "photos" / label).mkdir(parents=True)
+            (tmp_path / "photos" / label / name).write_bytes(photos[name])
+        out = cli("produce", str(tmp_path / "photos"), "--pubsub", topic, env=app_env)
+        assert "sent 2 images" in out.stdout
+        got: dict[str, tuple[str, bytes]] = {}
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            resp = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=5)
+            for m in resp.received_messages:
+                got[m.message.attributes["name"]] = (m.message.attributes["label"], m.message.data)
+        assert got == {
+            "cat/chelsea.jpg": ("cat", photos["chelsea.jpg"]),
+            "coffee/coffee.jpg": ("coffee", photos["coffee.jpg"]),
+        }
+    finally:
+        subscriber.delete_subscription(request={"subscription": sub})
+        publisher.delete_topic(request={"topic": topic})
