@@ -39,6 +39,10 @@ class Processor:
         max_batch_size: Largest micro-batch the runtime forms (events).
         max_batch_latency_ms: Longest the runtime waits, after the first event of a
             micro-batch arrives, for the batch to fill (milliseconds).
+        max_attempts: Times ``process`` is tried for one event before it is dead-lettered
+            with every attempt's error (1: no retry, for deterministic failures such as a
+            corrupt image; raise it when processing calls a flaky service).
+        retry_backoff_ms: Wait before the second attempt; doubles for each further one.
 
     Example::
 
@@ -59,6 +63,8 @@ class Processor:
     name: ClassVar[str | None] = None
     max_batch_size: ClassVar[int] = 32
     max_batch_latency_ms: ClassVar[int] = 50
+    max_attempts: ClassVar[int] = 1
+    retry_backoff_ms: ClassVar[int] = 100
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -316,10 +322,11 @@ def inspect_processor(processor: Processor) -> ProcessorSpec:
         schema = schema_from_dataclass(row_type)
     except SchemaError as e:
         raise SchemaError(f"processor {name}: {e}") from e
-    if processor.max_batch_size < 1 or processor.max_batch_latency_ms < 0:
+    if processor.max_batch_size < 1 or processor.max_batch_latency_ms < 0 or processor.max_attempts < 1:
         raise ProcessorDefinitionError(
-            f"processor {name}: max_batch_size must be >= 1 and max_batch_latency_ms >= 0 "
-            f"(got {processor.max_batch_size!r}, {processor.max_batch_latency_ms!r})."
+            f"processor {name}: max_batch_size and max_attempts must be >= 1 and "
+            f"max_batch_latency_ms >= 0 (got {processor.max_batch_size!r}, "
+            f"{processor.max_attempts!r}, {processor.max_batch_latency_ms!r})."
         )
     return ProcessorSpec(
         name=name,

@@ -144,6 +144,7 @@ class DeadLetterRow:
     stage: str
     attempts: int
     failed_at: datetime.datetime
+    errors: list[str] = dataclasses.field(default_factory=list)
 
 
 class SourceRuntime(ABC, Generic[E]):

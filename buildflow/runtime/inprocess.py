@@ -240,8 +240,10 @@ class _Worker:
         records: list[OutputRecord] = []
         for env, res in zip(envelopes, results):
             if isinstance(res, BaseException):
-                dead.append(self._dead_letter(env, res, "process"))
-                continue
+                res, errors = self._retry(env, res)
+                if isinstance(res, BaseException):
+                    dead.append(self._dead_letter(env, res, "process", errors))
+                    continue
             rows = [] if res is None else list(res) if isinstance(res, (list, tuple)) else [res]
             try:
                 converted = [
@@ -254,8 +256,33 @@ class _Worker:
             records.extend(converted)
         return _BatchResult(all_envelopes, records, dead)
 
-    def _dead_letter(self, env: Envelope[Any], exc: BaseException, stage: str) -> OutputRecord:
+    def _retry(self, env: Envelope[Any], first: BaseException) -> tuple[Any, list[str]]:
+        """Try a failed event again, up to ``max_attempts`` in all, with doubling backoff.
+
+        Returns its result (or the last exception) and the reasons of the failed attempts.
+        """
+        processor = self.spec.processor
+        errors = [_reason(first)]
+        result: Any = first
+        delay_s = processor.retry_backoff_ms / 1000
+        while len(errors) < processor.max_attempts:
+            time.sleep(delay_s)  # on the worker thread, never the loop
+            delay_s *= 2
+            try:
+                out = self._call_batch([env.event])[0]
+            except Exception as e:
+                out = e
+            if not isinstance(out, BaseException):
+                return out, errors
+            result = out
+            errors.append(_reason(out))
+        return result, errors
+
+    def _dead_letter(
+        self, env: Envelope[Any], exc: BaseException, stage: str, errors: list[str] | None = None
+    ) -> OutputRecord:
         reason = _reason(exc)
+        errors = errors or [reason]
         log.warning(
             "processor %s: dead-lettered %s: %s", self.spec.name, env.object_name or env.event_id, reason
         )
@@ -267,8 +294,9 @@ class _Worker:
             reason=reason,
             error_type=type(exc).__name__,
             stage=stage,
-            attempts=env.attempt,
+            attempts=env.attempt - 1 + len(errors),
             failed_at=datetime.datetime.now(datetime.UTC),
+            errors=errors,
         )
         return OutputRecord(env.event_id, 0, row_to_record(row, self.dl_schema))
 

@@ -403,3 +403,42 @@ def test_messages_the_source_cannot_decode_are_dead_lettered_without_process() -
     assert seen == ["f001.jpg"]
     (dead,) = sink_rows("decode.dl")
     assert dead.values["stage"] == "decode" and dead.values["reason"] == "ValueError: payload is not JSON"
+
+
+def test_failed_event_is_retried_up_to_max_attempts_then_dead_lettered_with_every_error() -> None:
+    calls: dict[str, int] = {}
+
+    class Flaky(Base):
+        max_attempts = 3
+        retry_backoff_ms = 1
+
+        def process(self, event: GCSFileEvent) -> Row:
+            n = calls[event.name] = calls.get(event.name, 0) + 1
+            if event.name == "f001.jpg" and n < 3:  # recovers on the third attempt
+                raise ConnectionError(f"flaky service, attempt {n}")
+            if event.name == "f002.jpg":  # never recovers
+                raise TimeoutError(f"service down, attempt {n}")
+            return Row(event.name, n)
+
+    result = run_processor(Flaky(), events(3))
+    assert sorted((r["name"], r["n"]) for r in result.rows) == [("f000.jpg", 1), ("f001.jpg", 3)]
+    (dead,) = result.dead_letters
+    assert dead["object_name"] == "f002.jpg" and dead["attempts"] == 3
+    assert dead["errors"] == [f"TimeoutError: service down, attempt {i}" for i in (1, 2, 3)]
+    assert dead["reason"] == "TimeoutError: service down, attempt 3"
+    assert calls == {"f000.jpg": 1, "f001.jpg": 3, "f002.jpg": 3}
+
+
+def test_without_retries_a_failure_is_dead_lettered_after_one_attempt() -> None:
+    calls: list[str] = []
+
+    class Once(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            calls.append(event.name)
+            raise ValueError("corrupt")
+
+    result = run_processor(Once(), events(1))
+    assert calls == ["f000.jpg"]
+    assert result.dead_letters[0]["attempts"] == 1 and result.dead_letters[0]["errors"] == [
+        "ValueError: corrupt"
+    ]
