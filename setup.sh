@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine: the real sample photos (Debian's darknet package,
-# when run as root), a virtual environment in .venv, and every dependency of the framework,
-# the app and the tests. Safe to run again: it skips what is already done.
+# when run as root), PostgreSQL for the PostgresTable tests (Debian's postgresql, as root), a
+# virtual environment in .venv, and every dependency of the framework, the app and the tests.
+# Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,6 +13,17 @@ if [ ! -f /usr/share/darknet/data/dog.jpg ]; then
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q darknet >/dev/null; }
   else
     echo "setup: warning: /usr/share/darknet/data is missing; run 'sudo apt-get install darknet' for the sample photos" >&2
+  fi
+fi
+# PostgreSQL server binaries for PostgresTable's integration tests (the test session starts
+# its own server on 127.0.0.1 from a scratch folder; Debian's cluster service is not used).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's postgresql package (server for the PostgresTable tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
+  else
+    echo "setup: warning: PostgreSQL is missing; run 'sudo apt-get install postgresql' for the PostgresTable tests" >&2
   fi
 fi
 

@@ -8,6 +8,7 @@ from buildflow.io.gcp import BigQueryTable as BigQueryTable
 from buildflow.io.gcp import GCSFileStream as GCSFileStream
 from buildflow.io.kafka import KafkaMessageEvent as KafkaMessageEvent
 from buildflow.io.kafka import KafkaTopic as KafkaTopic
+from buildflow.io.postgres import PostgresTable as PostgresTable
 from buildflow.io.pubsub import PubSubSubscription as PubSubSubscription
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "KafkaMessageEvent",
     "BigQueryTable",
     "DuckDBTable",
+    "PostgresTable",
     "FileEvent",
     "GCSFileEvent",
     "PubSubMessageEvent",

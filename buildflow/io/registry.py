@@ -32,6 +32,7 @@ _SINKS: dict[tuple[str, str], str] = {
     ("BigQueryTable", "emulator"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("BigQueryTable", "gcp"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
+    ("PostgresTable", _ANY): "buildflow.io.postgres_provider:PostgresTableProvider",
     ("KafkaTopic", _ANY): "buildflow.io.kafka_provider:KafkaSinkProvider",
     ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }
