@@ -13,7 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from buildflow.errors import DestroyProtectedError, ProvisioningError, ResourceConflictError
+from buildflow.errors import (
+    DestroyProtectedError,
+    ProvisioningError,
+    ResourceConflictError,
+    ResourceMissingError,
+)
 
 __all__ = [
     "Resource",
@@ -25,6 +30,7 @@ __all__ = [
     "plan_destroy",
     "destroy",
     "unique",
+    "require_ready",
 ]
 
 Action = Literal["create", "update", "no change", "conflict", "delete", "absent", "protected"]
@@ -105,6 +111,29 @@ def _inspect(resource: Resource) -> ResourceState:
         raise
     except Exception as e:  # a client error: one clear line, not a traceback
         raise ProvisioningError(f"{resource.kind} {resource.name}: cannot inspect: {e}") from e
+
+
+def require_ready(resource: Resource, name: str, where: str = "") -> None:
+    """What ``run`` checks before opening a sink: the resource exists exactly as declared.
+
+    Args:
+        resource: The declared resource.
+        name: How to name it in errors, e.g. ``"table ds.t"``.
+        where: Where it was looked for, appended to "does not exist", e.g. ``" in 'w.duckdb'"``.
+
+    Raises:
+        ResourceMissingError: it does not exist (``plan`` was not applied).
+        ProvisioningError: it cannot be inspected, or differs from the declaration.
+    """
+    state = _inspect(resource)
+    if not state.exists:
+        raise ResourceMissingError(f"{name} does not exist{where}; run `buildflow plan <app>` first.")
+    if state.conflicts or state.updates:
+        raise ProvisioningError(
+            f"{name} does not match the row schema: "
+            + "; ".join(state.conflicts + state.updates)
+            + ". Run `buildflow plan <app>` to see and apply the changes."
+        )
 
 
 def plan(resources: Sequence[Resource]) -> list[Change]:

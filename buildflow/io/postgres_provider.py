@@ -54,12 +54,11 @@ from buildflow.errors import (
     ConfigurationError,
     MissingDependencyError,
     ProvisioningError,
-    ResourceMissingError,
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.postgres import ENV_PREFIX, PostgresTable, mask_dsn
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import SchemaField, TableSchema
 
@@ -609,18 +608,11 @@ class PostgresTableProvider(SinkProvider):
             ProvisioningError: the server cannot be reached, or the table does not match.
         """
         target = self.target()
-        state = PostgresTableResource(target, schema, False).inspect()
-        if not state.exists:
-            raise ResourceMissingError(
-                f"table {target.full_name} does not exist at {target.shown_dsn}; run "
-                "`buildflow plan <app>` first."
-            )
-        if state.conflicts or state.updates:
-            raise ProvisioningError(
-                f"table {target.full_name} does not match the row schema: "
-                + "; ".join(state.conflicts + state.updates)
-                + ". Run `buildflow plan <app>` to see and apply the changes."
-            )
+        require_ready(
+            PostgresTableResource(target, schema, False),
+            f"table {target.full_name}",
+            f" at {target.shown_dsn}",
+        )
         decl = self.declaration
         return PostgresSink(target, schema, decl.pool_min_size, decl.pool_max_size)
 

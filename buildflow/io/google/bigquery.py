@@ -24,7 +24,7 @@ from buildflow.errors import TransientSinkError
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.gcp import BigQueryTable
 from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, diff_schemas
 
@@ -216,19 +216,8 @@ class BigQueryTableProvider(SinkProvider):
         ]
 
     def open(self, schema: TableSchema) -> SinkRuntime:
-        from buildflow.errors import ProvisioningError, ResourceMissingError
-
-        state = BigQueryTableResource(self.environment, self.project, self.table_id, schema, False).inspect()
-        if not state.exists:
-            raise ResourceMissingError(
-                f"table {self.table_id} does not exist; run `buildflow plan <app>` first."
-            )
-        if state.conflicts or state.updates:
-            raise ProvisioningError(
-                f"table {self.table_id} does not match the row schema: "
-                + "; ".join(state.conflicts + state.updates)
-                + ". Run `buildflow plan <app>` to see and apply the changes."
-            )
+        resource = BigQueryTableResource(self.environment, self.project, self.table_id, schema, False)
+        require_ready(resource, f"table {self.table_id}")
         return BigQuerySink(self.environment, self.project, self.table_id)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

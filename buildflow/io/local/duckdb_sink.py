@@ -26,14 +26,13 @@ from typing import Any
 
 from buildflow.errors import (
     MissingDependencyError,
-    ProvisioningError,
     ResourceMissingError,
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, SinkProvider, SinkRuntime
 from buildflow.io.duckdb import DuckDBTable
 from buildflow.io.gcp import BigQueryTable
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import SchemaField, TableSchema, diff_schemas
 
@@ -388,18 +387,11 @@ class DuckDBTableProvider(SinkProvider):
                 f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan "
                 "<app>` first to create the tables."
             )
-        state = DuckDBTableResource(target, schema, False).inspect()
-        if not state.exists:
-            raise ResourceMissingError(
-                f"table {target.full_name} does not exist in {str(target.database)!r}; run "
-                "`buildflow plan <app>` first."
-            )
-        if state.conflicts or state.updates:
-            raise ProvisioningError(
-                f"table {target.full_name} does not match the row schema: "
-                + "; ".join(state.conflicts + state.updates)
-                + ". Run `buildflow plan <app>` to see and apply the changes."
-            )
+        require_ready(
+            DuckDBTableResource(target, schema, False),
+            f"table {target.full_name}",
+            f" in {str(target.database)!r}",
+        )
         return DuckDBSink(target, schema)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
