@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from buildflow.errors import (
@@ -68,7 +69,14 @@ _DONE = object()
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    """Peak resident set of this process, MB. Linux: ``VmHWM`` of /proc/self/status (the
+    peak of this program's own memory: ``ru_maxrss`` survives ``exec`` and so reports the
+    parent's size for a runner started from a big process such as pytest); elsewhere
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 

@@ -116,6 +116,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         self._io = BlockingWorker(f"bucket-{decl.bucket_name}")
         self._acked: set[str] = set()
         self._pending: collections.OrderedDict[str, _Object] = collections.OrderedDict()
+        self._pending_ids: dict[str, str] = {}  # object name -> its queued event id
         self._inflight: dict[str, _Object] = {}
         self._unsettled: dict[str, float] = {}
         self._arrived = asyncio.Event()
@@ -189,10 +190,11 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         if not self._wanted(obj):
             return
         # A newer generation of a queued name replaces the older one.
-        for old_id, old in list(self._pending.items()):
-            if old.name == obj.name:
-                del self._pending[old_id]
+        old_id = self._pending_ids.get(obj.name)
+        if old_id is not None:
+            self._pending.pop(old_id, None)
         self._pending[eid] = obj
+        self._pending_ids[obj.name] = eid
         self._arrived.set()
 
     async def _consider(self, rels: Sequence[str]) -> None:
@@ -289,6 +291,8 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         out: list[Envelope[GCSFileEvent]] = []
         while self._pending and len(out) < max_events:
             eid, obj = self._pending.popitem(last=False)
+            if self._pending_ids.get(obj.name) == eid:
+                del self._pending_ids[obj.name]
             self._inflight[eid] = obj
             out.append(self._envelope(eid, obj))
         return out
@@ -305,9 +309,10 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
     async def nack(self, envelopes: Sequence[Envelope[GCSFileEvent]]) -> None:
         for e in reversed(envelopes):
             obj = self._inflight.pop(e.ack_id, None)
-            if obj is not None:
+            if obj is not None and obj.name not in self._pending_ids:  # unless a newer one waits
                 self._pending[e.ack_id] = obj
                 self._pending.move_to_end(e.ack_id, last=False)
+                self._pending_ids[obj.name] = e.ack_id
         self._arrived.set()
 
     async def backlog(self) -> int | None:
