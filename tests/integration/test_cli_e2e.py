@@ -142,6 +142,9 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
     buildflow("run", "main:app", "--until-idle", "--summary-json", str(again), state=state)
     assert json.loads(again.read_text())["events"] == 0
 
+    # destroy asks too, and deletes nothing without a yes (no answer on a pipe means no)
+    kept = buildflow("destroy", "main:app", state=state, input="", check=False)
+    assert kept.returncode != 0 and bucket.exists()
     gone = buildflow("destroy", "main:app", state=state, input="y\n")
     assert "Deleted 4 resource(s)" in gone.stdout
     assert not bucket.exists()
