@@ -15,6 +15,7 @@ Importing this package loads no model and downloads nothing.
 from .errors import (
     EmptyImageError,
     ImageDecodeError,
+    ImageFileTooLargeError,
     ImageTooLargeError,
     ModelError,
     TruncatedImageError,
@@ -22,10 +23,12 @@ from .errors import (
 )
 from .labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES, imagenet_labels
 from .preprocessing import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     IMAGENET_MEAN_STD,
     TF_MEAN_STD,
     Preprocessing,
+    check_file_size,
     decode_image,
 )
 from .registry import (
@@ -44,11 +47,14 @@ __all__ = [
     "UnsupportedImageError",
     "TruncatedImageError",
     "ImageTooLargeError",
+    "ImageFileTooLargeError",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGENET_MEAN_STD",
     "TF_MEAN_STD",
     "Preprocessing",
     "decode_image",
+    "check_file_size",
     "imagenet_labels",
     "DOG_CLASS_INDICES",
     "CAT_CLASS_INDICES",

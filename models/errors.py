@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedImageError",
     "TruncatedImageError",
     "ImageTooLargeError",
+    "ImageFileTooLargeError",
 ]
 
 
@@ -45,3 +46,7 @@ class TruncatedImageError(ImageDecodeError):
 
 class ImageTooLargeError(ImageDecodeError):
     """The image's pixel count is over the decompression-bomb limit (``max_pixels``)."""
+
+
+class ImageFileTooLargeError(ImageDecodeError):
+    """The encoded image (the file or object) is over the size limit (``max_bytes``)."""

@@ -22,16 +22,19 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import (
     EmptyImageError,
+    ImageFileTooLargeError,
     ImageTooLargeError,
     TruncatedImageError,
     UnsupportedImageError,
 )
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGENET_MEAN_STD",
     "TF_MEAN_STD",
     "Preprocessing",
+    "check_file_size",
     "decode_image",
 ]
 
@@ -41,6 +44,16 @@ DEFAULT_MAX_PIXELS = 89_478_485
 The value of Pillow's default ``PIL.Image.MAX_IMAGE_PIXELS``
 (``1024 * 1024 * 1024 // 4 // 3``: a quarter GiB of 24-bit pixels), copied here so that
 changing Pillow's global does not change this package's limit.
+"""
+
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""Default limit of :func:`decode_image` on the size of the encoded image, in bytes (32 MiB).
+
+Photos are well under it: a 12 MP phone JPEG is 2-5 MB, a 50 MP camera JPEG at its finest
+quality 20-25 MB. Bigger uploads are rarely photos (videos, archives, RAW files, padded or
+hostile files), and the limit bounds what one event can make a worker hold: the
+image-classification processor holds a whole micro-batch (16 files) at once, so at most
+512 MiB. It complements :data:`DEFAULT_MAX_PIXELS`, which bounds the decoded pixels.
 """
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -59,21 +72,42 @@ _WHITE = (255, 255, 255)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+def check_file_size(size: int, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Refuse an encoded image of ``size`` bytes if it is over ``max_bytes``.
+
+    For callers that know an object's size before reading it (a bucket notification, a
+    file's ``stat``), so that an oversized file is never read; :func:`decode_image`
+    makes the same check on the bytes it is given.
+
+    Raises:
+        ImageFileTooLargeError: ``size > max_bytes``.
+        ValueError: ``max_bytes`` is not positive.
+    """
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
+    if size > max_bytes:
+        raise ImageFileTooLargeError(
+            f"image file is {size} bytes ({size / 2**20:.1f} MiB), over the limit of {max_bytes} "
+            f"bytes ({max_bytes / 2**20:.1f} MiB, max_bytes)"
+        )
+
+
 def decode_image(
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     target_short_side: int | None = None,
 ) -> Image.Image:
     """Decode image bytes into a fully loaded RGB image.
 
-    Steps: identify the format from the header; refuse images with more than
-    ``max_pixels`` pixels *before* any pixel is decoded (so a decompression bomb never
-    allocates); for JPEGs, when ``target_short_side`` is given, let libjpeg decode at
-    1/2, 1/4 or 1/8 scale (``Image.draft``) while keeping the short side
-    ``>= target_short_side``; decode; apply the EXIF orientation
-    (``ImageOps.exif_transpose``); convert to RGB (see below). Animated images
-    (GIF, APNG, WebP) give their first frame.
+    Steps: refuse data of more than ``max_bytes`` bytes; identify the format from the
+    header; refuse images with more than ``max_pixels`` pixels *before* any pixel is
+    decoded (so a decompression bomb never allocates); for JPEGs, when
+    ``target_short_side`` is given, let libjpeg decode at 1/2, 1/4 or 1/8 scale
+    (``Image.draft``) while keeping the short side ``>= target_short_side``; decode;
+    apply the EXIF orientation (``ImageOps.exif_transpose``); convert to RGB (see
+    below). Animated images (GIF, APNG, WebP) give their first frame.
 
     Mode conversion: 16-bit modes (``I;16*``) scale 0..65535 to 0..255; 32-bit ``I``
     and ``F`` scale by the range their values fit in: 0..1, 0..255 or 0..65535 map to
@@ -94,6 +128,8 @@ def decode_image(
         max_pixels: Largest accepted ``width * height`` of the encoded image, in pixels
             (checked on the size the header declares, before any downscaled decode).
             Defaults to :data:`DEFAULT_MAX_PIXELS`.
+        max_bytes: Largest accepted ``len(data)``, in bytes. Defaults to
+            :data:`DEFAULT_MAX_BYTES` (32 MiB).
         target_short_side: Short side, in pixels, the caller will resize to (e.g.
             ``Preprocessing.resize_short_side``); lets JPEGs decode faster at reduced
             scale. ``None`` decodes at full size.
@@ -105,19 +141,23 @@ def decode_image(
 
     Raises:
         EmptyImageError: ``data`` has zero bytes.
+        ImageFileTooLargeError: ``data`` has more than ``max_bytes`` bytes.
         UnsupportedImageError: Pillow cannot identify the format (random bytes, text),
             or the pixels cannot be converted to RGB.
         ImageTooLargeError: The image has more than ``max_pixels`` pixels.
         TruncatedImageError: The format was identified but the data is truncated or
             corrupt.
-        ValueError: ``max_pixels`` or ``target_short_side`` is not positive.
+        ValueError: ``max_pixels``, ``max_bytes`` or ``target_short_side`` is not positive.
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
     if target_short_side is not None and target_short_side < 1:
         raise ValueError(f"target_short_side must be positive or None, got {target_short_side!r}")
     if len(data) == 0:
         raise EmptyImageError("image data is empty (0 bytes)")
+    check_file_size(len(data), max_bytes=max_bytes)
 
     image = _identify(bytes(data))
     width, height = image.size
@@ -231,21 +271,26 @@ class Preprocessing:
         crop_size: Side, in pixels, of the centred square crop; at most
             ``resize_short_side``. Offsets ``int(round((resized - crop_size) / 2))``,
             as torchvision's ``center_crop``.
-        mean: Per-channel RGB mean on a 0..1 scale, subtracted after scaling by 1/255.
-        std: Per-channel RGB standard deviation on a 0..1 scale, divided by.
+        mean: Per-channel mean on a 0..1 scale, subtracted after scaling by 1/255: three
+            values (R, G, B), or one when ``grayscale``.
+        std: Per-channel standard deviation on a 0..1 scale, divided by (3 values, or 1).
         interpolation: Pillow resampling filter used to resize.
+        grayscale: Convert the image to one luma channel (Pillow's ``convert("L")``,
+            ITU-R 601-2: exact for gray pixels stored as RGB) before resizing; the model
+            input then has 1 channel (e.g. a Fashion-MNIST model).
 
     Raises:
         ValueError: At construction, when a size is not positive, ``crop_size >
-            resize_short_side``, ``mean``/``std`` do not have 3 values, a ``std`` is
-            not positive, or ``interpolation`` is unknown.
+            resize_short_side``, ``mean``/``std`` do not have one value per channel, a
+            ``std`` is not positive, or ``interpolation`` is unknown.
     """
 
     resize_short_side: int = 256
     crop_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN_STD[0]
-    std: tuple[float, float, float] = IMAGENET_MEAN_STD[1]
+    mean: tuple[float, ...] = IMAGENET_MEAN_STD[0]
+    std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_size <= self.resize_short_side:
@@ -253,16 +298,22 @@ class Preprocessing:
                 "need 0 < crop_size <= resize_short_side, got "
                 f"crop_size={self.crop_size!r}, resize_short_side={self.resize_short_side!r}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        channels = self.channels
+        if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
+            what = "1 value (grayscale)" if self.grayscale else "3 values (R, G, B)"
             raise ValueError(
-                "mean and std need 3 values (R, G, B) and std must be positive, got "
-                f"mean={self.mean!r}, std={self.std!r}"
+                f"mean and std need {what} and std must be positive, got mean={self.mean!r}, std={self.std!r}"
             )
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
 
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: 1 when :attr:`grayscale`, else 3."""
+        return 1 if self.grayscale else 3
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Preprocess one image.
+        """Preprocess one image: :meth:`normalise` of :meth:`pixels`.
 
         Args:
             image: A PIL image of any size; expected in mode ``RGB`` (as
@@ -270,10 +321,20 @@ class Preprocessing:
                 decode_image's rules.
 
         Returns:
-            A float32 tensor ``(3, crop_size, crop_size)``, channels R, G, B, values
-            ``(pixel / 255 - mean) / std``.
+            A float32 tensor ``(C, crop_size, crop_size)`` (``C`` = :attr:`channels`:
+            R, G, B, or luma), values ``(pixel / 255 - mean) / std``.
+        """
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """Resize and centre-crop one image, without normalising.
+
+        Returns:
+            A uint8 tensor ``(C, crop_size, crop_size)`` (``C`` = :attr:`channels`).
         """
         image = _to_rgb(image)
+        if self.grayscale:
+            image = image.convert("L")
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize_short_side, int(self.resize_short_side * long / short)
@@ -282,12 +343,35 @@ class Preprocessing:
         side = self.crop_size
         left = int(round((new_size[0] - side) / 2.0))
         top = int(round((new_size[1] - side) / 2.0))
-        crop = np.array(resized.crop((left, top, left + side, top + side)))  # (side, side, 3) uint8
-        chw = torch.from_numpy(crop).permute(2, 0, 1)
-        pixels = chw.to(dtype=torch.float32, memory_format=torch.contiguous_format)  # 0..255
-        mean = torch.tensor(self.mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).mul_(255.0).view(3, 1, 1)
-        return pixels.sub_(mean).div_(std)
+        crop = np.array(resized.crop((left, top, left + side, top + side)))  # (side, side[, 3]) uint8
+        hwc = torch.from_numpy(crop.reshape(side, side, -1))
+        return hwc.permute(2, 0, 1).contiguous()
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scale and normalise pixels: ``(pixel - 255 * mean) / (255 * std)`` in float32.
+
+        The same arithmetic for one image and for a batch, so a model evaluated on batches
+        of stored pixels (training, offline evaluation) sees bit-for-bit the inputs it sees
+        when serving decoded images.
+
+        Args:
+            pixels: ``(C, H, W)`` or ``(N, C, H, W)``, values 0..255 (uint8 or float).
+
+        Returns:
+            A new float32 tensor of the same shape.
+
+        Raises:
+            ValueError: The channel dimension is not :attr:`channels`.
+        """
+        if pixels.ndim not in (3, 4) or pixels.shape[-3] != self.channels:
+            raise ValueError(
+                f"pixels must be (C, H, W) or (N, C, H, W) with C={self.channels}, "
+                f"got shape {tuple(pixels.shape)}"
+            )
+        out = pixels.to(dtype=torch.float32, memory_format=torch.contiguous_format, copy=True)
+        mean = torch.tensor(self.mean, dtype=torch.float32).mul_(255.0).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).mul_(255.0).view(-1, 1, 1)
+        return out.sub_(mean.to(out.device)).div_(std.to(out.device))
 
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess several images into one batch.
@@ -296,7 +380,7 @@ class Preprocessing:
             images: One or more PIL images (any sizes).
 
         Returns:
-            A float32 tensor ``(N, 3, crop_size, crop_size)``, ``N = len(images)``.
+            A float32 tensor ``(N, C, crop_size, crop_size)``, ``N = len(images)``.
 
         Raises:
             ValueError: ``images`` is empty.

@@ -2,9 +2,9 @@
 
 Each micro-batch is decoded in parallel on a small thread pool (Pillow releases the GIL
 while decoding), then classified in one forward pass. An image that cannot be decoded
-(empty, truncated, not an image, over the decompression-bomb limit) is returned as an
-exception for that event alone: the runtime dead-letters it with its reason, and the rest
-of the batch still gets its rows.
+(empty, truncated, not an image, over the decompression-bomb limit, a file over the size
+limit) is returned as an exception for that event alone: the runtime dead-letters it with
+its reason, and the rest of the batch still gets its rows.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class ImageClassificationProcessor(buildflow.Processor):
         device: ``cpu`` or ``cuda`` (an error if CUDA is not available).
         max_pixels: Decompression-bomb limit, pixels (default: models.DEFAULT_MAX_PIXELS,
             Pillow's own limit).
+        max_bytes: Largest file (object) classified, bytes (default:
+            models.DEFAULT_MAX_BYTES, 32 MiB: well above any camera or phone photo, and a
+            bound on memory, as a micro-batch of 16 files is held at once). A larger file
+            is dead-lettered with ``ImageFileTooLargeError``; when the event knows the
+            object's size (bucket uploads) the file is not even read.
         decode_threads: Threads that decode a micro-batch in parallel.
         source: Another source of file events instead of the bucket, e.g.
             ``PubSubSubscription(...)`` whose messages carry images (``bucket_name`` then
@@ -62,6 +67,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         top_k: int = 5,
         device: Literal["cpu", "cuda"] = "cpu",
         max_pixels: int | None = None,
+        max_bytes: int | None = None,
         decode_threads: int = 2,
         source: SourceDeclaration | None = None,
     ) -> None:
@@ -74,6 +80,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.top_k = top_k
         self.device = device
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self.decode_threads = decode_threads
         self.model: ImageClassifier | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -87,10 +94,12 @@ class ImageClassificationProcessor(buildflow.Processor):
         return BigQueryTable(table_id=self.table_id, destroy_protection=False)
 
     def setup(self) -> None:
-        from models import DEFAULT_MAX_PIXELS, load_model
+        from models import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_model
 
         if self.max_pixels is None:
             self.max_pixels = DEFAULT_MAX_PIXELS
+        if self.max_bytes is None:
+            self.max_bytes = DEFAULT_MAX_BYTES
         self.model = load_model(self.model_name, weights_path=self.weights_path, device=self.device)
         # One forward pass now, so the first real event does not pay for lazy allocation.
         import torch
@@ -106,13 +115,17 @@ class ImageClassificationProcessor(buildflow.Processor):
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode(self, event: FileEvent) -> tuple[object, int, int, float]:
-        from models import decode_image
+        from models import check_file_size, decode_image
 
-        assert self.model is not None and self.max_pixels is not None
+        assert self.model is not None and self.max_pixels is not None and self.max_bytes is not None
         t0 = time.perf_counter()
+        size = getattr(event, "size", None)  # known before reading for bucket uploads
+        if isinstance(size, int):
+            check_file_size(size, max_bytes=self.max_bytes)
         image = decode_image(
             event.blob,
             max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
             target_short_side=self.model.preprocessing.resize_short_side,
         )
         width, height = image.size

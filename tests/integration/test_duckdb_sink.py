@@ -478,3 +478,26 @@ def test_open_says_what_is_missing(env: Environment, provider: DuckDBTableProvid
         provider.open(SCHEMA)
     created(provider)
     run(write_and_close(provider.open(SCHEMA)))
+
+
+def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider: DuckDBTableProvider) -> None:
+    """A value DuckDB cannot store (here a string that is not valid UTF-8) must not make the
+    whole batch fail for ever: that row comes back as a rejection, the others are written."""
+    created(provider)
+    sink = provider.open(SCHEMA)
+    batch = [record(f"e{i}", 0, sample_row(f"{i}.jpg")) for i in range(7)]
+    bad = {2, 5}
+    for i in bad:
+        batch[i] = record(f"e{i}", 0, sample_row(f"bad-\udcff-{i}.jpg"))
+
+    async def go() -> Any:
+        try:
+            return await sink.write(batch)
+        finally:
+            await sink.close()
+
+    rejected = run(go())
+    assert sorted(r.index for r in rejected) == sorted(bad)
+    assert all("UTF-8" in r.reason for r in rejected)
+    _, rows = provider.query("SELECT _event_id FROM ds.t ORDER BY _event_id")
+    assert [r[0] for r in rows] == [f"e{i}" for i in range(7) if i not in bad]

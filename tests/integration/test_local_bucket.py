@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -479,3 +480,84 @@ def test_subscription_resource_create_and_delete_with_wal_files(env: Environment
             return names(await pull_until(src, 1))
 
     assert run(redelivered()) == ["a.jpg"]  # a fresh subscription has no acks
+
+
+# --- hostile names ----------------------------------------------------------------------
+
+
+def test_upload_refuses_names_outside_or_not_fitting_the_bucket_and_writes_nothing(
+    env: Environment, tmp_path: Path
+) -> None:
+    from buildflow.errors import ConfigurationError
+
+    p = provider(env)
+    root = p.bucket_dir
+    outside = tmp_path / "outside"
+    put(outside, "secret.jpg", b"secret")
+    os.symlink(outside, root / "dirlink")
+    os.symlink(outside / "secret.jpg", root / "link.jpg")
+    refused = {
+        "": "empty",
+        "../x.jpg": "'..' component",
+        "sub/../x.jpg": "'..' component",
+        str(tmp_path / "abs.jpg"): "absolute path",
+        "a//b.jpg": "empty or '.' component",
+        "./a.jpg": "empty or '.' component",
+        "sub/": "empty or '.' component",
+        "nul\0.jpg": "NUL",
+        "bad\udcff.jpg": "not valid UTF-8",
+        ".hidden.jpg": "ignores hidden names",
+        "x.jpg.part": "ignores hidden names",
+        "dirlink/x.jpg": "outside the bucket folder",
+        "link.jpg": "outside the bucket folder",
+        "d" * 256 + "/x.jpg": "too long",
+        "x" * 252 + ".jpg": "too long",
+    }
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(q): q.read_bytes() for q in tmp_path.rglob("*") if q.is_file() and not q.is_symlink()}
+
+    before = snapshot()
+    for name, why in refused.items():
+        with pytest.raises(ConfigurationError, match=re.escape(why)) as info:
+            p.upload(name, b"data")
+        assert "refused" in str(info.value) or "too long" in str(info.value)
+    assert snapshot() == before  # nothing written, not even a temporary file
+    # The longest name a component can have (255 bytes) fits, UTF-8 included.
+    for name in ("x" * 251 + ".jpg", "é" * 124 + "猫.jpg", "café/猫 ☕.jpg"):
+        assert len(name.split("/")[-1].encode()) in (255, len("猫 ☕.jpg".encode()))
+        assert p.upload(name, b"ok") == str(root / name)
+        assert (root / name).read_bytes() == b"ok"
+    assert (outside / "secret.jpg").read_bytes() == b"secret"
+    assert sorted(q.name for q in root.iterdir() if q.name.startswith(".")) == []  # no temp left
+
+
+def test_a_file_name_that_is_not_utf8_is_dead_lettered_and_the_watch_goes_on(env: Environment) -> None:
+    p = provider(env)
+    root = os.fsencode(p.bucket_dir)
+    with open(os.path.join(root, b"backlog-caf\xe9.jpg"), "wb") as f:
+        f.write(b"x")
+
+    async def main() -> list[Envelope[GCSFileEvent]]:
+        async with opened(p) as src:
+            got = await pull_until(src, 1)
+            # watchfiles cannot decode this name: its watch fails, with the other changes
+            # it had; the source must watch again and find both.
+            with open(os.path.join(root, b"live-\xff.jpg"), "wb") as f:
+                f.write(b"y")
+            put(p.bucket_dir, "sentinel.jpg", b"s")
+            got += await pull_name(src, "sentinel.jpg")
+            put(p.bucket_dir, "after.jpg", b"a")  # the new watch sees new files
+            got += await pull_name(src, "after.jpg")
+            await src.ack(got)
+            assert await src.is_drained()
+            return got
+
+    got = {e.event.name: e for e in run(main())}
+    assert sorted(got) == ["after.jpg", "backlog-caf\\xe9.jpg", "live-\\xff.jpg", "sentinel.jpg"]
+    for name in ("backlog-caf\\xe9.jpg", "live-\\xff.jpg"):
+        env_ = got[name]
+        assert isinstance(env_.error, ValueError) and "not valid UTF-8" in str(env_.error)
+        assert env_.event_id.startswith(f"{BUCKET}/{name}#") and env_.object_name == name
+        env_.event_id.encode()  # storable: no lone surrogates
+    assert got["sentinel.jpg"].error is None and got["after.jpg"].event.blob == b"a"

@@ -34,6 +34,14 @@ __all__ = [
     "bmp",
     "tiff",
     "exif_rotated_jpeg",
+    "exif_upright_jpeg",
+    "palette_png",
+    "gif",
+    "animated_gif_then_coffee",
+    "large_jpeg",
+    "padded_jpeg",
+    "header_only_png",
+    "pdf_like",
     "decompression_bomb_png",
 ]
 
@@ -129,6 +137,81 @@ def exif_rotated_jpeg(orientation: int = 6) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation  # EXIF tag 274, Orientation
     return encode(chelsea_image(), "JPEG", quality=90, exif=exif)
+
+
+def exif_upright_jpeg(orientation: int = 6) -> bytes:
+    """JPEG whose pixels are stored turned, with the EXIF Orientation that turns them back:
+    :func:`PIL.ImageOps.exif_transpose` gives the upright 451x300 photo (a camera held
+    sideways). Ignoring the tag gives a 300x451 (for 5-8) or mirrored cat."""
+    undo = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,  # stored turned 90 degrees counter-clockwise
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF tag 274, Orientation
+    return encode(chelsea_image().transpose(undo[orientation]), "JPEG", quality=90, exif=exif)
+
+
+def palette_png() -> bytes:
+    """8-bit palette PNG (Pillow mode ``P``, 256 colours)."""
+    return encode(chelsea_image().quantize(colors=256), "PNG")
+
+
+def gif() -> bytes:
+    """Single-frame GIF (Pillow quantizes to a 256-colour palette)."""
+    return encode(chelsea_image(), "GIF")
+
+
+def animated_gif_then_coffee() -> bytes:
+    """Two-frame GIF: frame 0 the cat (as :func:`gif`), frame 1 scikit-image's ``coffee``
+    (a cup of espresso) at the same size, so the frame a decoder used shows in the class."""
+    coffee = Image.fromarray(data.coffee()).resize(CHELSEA_SIZE, Image.Resampling.BILINEAR)
+    return encode(chelsea_image(), "GIF", save_all=True, append_images=[coffee], duration=100, loop=0)
+
+
+def large_jpeg(scale: int = 13, noise: int = 32, quality: int = 95) -> bytes:
+    """A big but legitimate photo: the cat upscaled ``scale`` times (13: 5863x3900, 23 MP)
+    with seeded pixel noise (sensor grain; it makes the file large), about 16 MB."""
+    width, height = CHELSEA_SIZE
+    big = np.asarray(chelsea_image().resize((width * scale, height * scale), Image.Resampling.BILINEAR))
+    grain = np.random.default_rng(20261122).integers(-noise, noise + 1, size=big.shape, dtype=np.int16)
+    pixels = np.clip(big.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    return encode(Image.fromarray(pixels), "JPEG", quality=quality)
+
+
+def padded_jpeg(total_bytes: int) -> bytes:
+    """:func:`jpeg` followed by zero bytes up to ``total_bytes``: still a valid image
+    (decoders ignore data after the end-of-image marker), of any size."""
+    head = jpeg()
+    if total_bytes < len(head):
+        raise ValueError(f"total_bytes must be at least {len(head)}, got {total_bytes}")
+    return head + bytes(total_bytes - len(head))
+
+
+def header_only_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A 57-byte PNG: signature, an IHDR claiming ``width x height`` 8-bit RGB pixels
+    (10 billion by default), an empty IDAT and IEND. Only the header is valid."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def pdf_like() -> bytes:
+    """The start of a small PDF document: a common non-image upload (Pillow writes PDFs
+    but cannot read them)."""
+    return (
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+        b"2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
+    )
 
 
 def decompression_bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:

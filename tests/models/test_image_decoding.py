@@ -9,12 +9,15 @@ import pytest
 from PIL import Image
 
 from models import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     EmptyImageError,
     ImageDecodeError,
+    ImageFileTooLargeError,
     ImageTooLargeError,
     TruncatedImageError,
     UnsupportedImageError,
+    check_file_size,
     decode_image,
 )
 from tests.models import sample_images
@@ -171,6 +174,31 @@ def test_exif_orientation_6_is_rotated_90_degrees_clockwise() -> None:
     assert _mean_abs_diff(image, rotated) < 3
 
 
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_every_exif_orientation_gives_the_upright_photo(orientation: int) -> None:
+    image = decode_image(sample_images.exif_upright_jpeg(orientation))
+    assert image.size == sample_images.CHELSEA_SIZE
+    assert _mean_abs_diff(image, sample_images.chelsea()) < 3  # JPEG noise only
+
+
+def test_file_over_max_bytes_raises_image_file_too_large_error() -> None:
+    data = sample_images.jpeg()
+    with pytest.raises(ImageFileTooLargeError, match=rf"{len(data)} bytes .*limit of {len(data) - 1} bytes"):
+        decode_image(data, max_bytes=len(data) - 1)
+    assert decode_image(data, max_bytes=len(data)).size == sample_images.CHELSEA_SIZE
+    assert issubclass(ImageFileTooLargeError, ImageDecodeError)
+
+
+def test_default_max_bytes_refuses_a_50_mb_file_and_accepts_a_large_photo() -> None:
+    assert DEFAULT_MAX_BYTES == 32 * 1024 * 1024
+    with pytest.raises(ImageFileTooLargeError, match="50000000 bytes.*max_bytes"):
+        check_file_size(50_000_000)
+    with pytest.raises(ImageFileTooLargeError, match="max_bytes"):
+        decode_image(sample_images.padded_jpeg(DEFAULT_MAX_BYTES + 1))
+    check_file_size(DEFAULT_MAX_BYTES)  # at the limit: accepted
+    assert decode_image(sample_images.padded_jpeg(DEFAULT_MAX_BYTES)).size == sample_images.CHELSEA_SIZE
+
+
 def test_target_short_side_drafts_jpeg_keeping_the_short_side() -> None:
     data = sample_images.DARKNET_DOG_JPEG.read_bytes()  # 768x576
     assert decode_image(data).size == (768, 576)
@@ -183,7 +211,7 @@ def test_target_short_side_leaves_other_formats_full_size() -> None:
     assert decode_image(sample_images.bmp(), target_short_side=64).size == (451, 300)
 
 
-@pytest.mark.parametrize("bad", [{"max_pixels": 0}, {"target_short_side": 0}])
+@pytest.mark.parametrize("bad", [{"max_pixels": 0}, {"max_bytes": 0}, {"target_short_side": 0}])
 def test_non_positive_arguments_raise_value_error(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="positive"):
         decode_image(sample_images.jpeg(), **bad)

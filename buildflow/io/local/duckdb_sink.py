@@ -29,7 +29,7 @@ from buildflow.errors import (
     ResourceMissingError,
     TransientSinkError,
 )
-from buildflow.io.base import OutputRecord, SinkProvider, SinkRuntime
+from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.duckdb import DuckDBTable
 from buildflow.io.gcp import BigQueryTable
 from buildflow.provisioning import Resource, ResourceState, require_ready
@@ -316,7 +316,11 @@ class DuckDBTableResource(Resource):
 
 
 class DuckDBSink(SinkRuntime):
-    """Writes micro-batches with one ``INSERT ... SELECT UNNEST($1) ON CONFLICT DO NOTHING``."""
+    """Writes micro-batches with one ``INSERT ... SELECT UNNEST($1) ON CONFLICT DO NOTHING``.
+
+    A locked file or a missing table is a transient error (retried by the runtime); a row
+    whose values DuckDB refuses is returned as a :class:`RowRejection` (dead-lettered) and
+    the rest of the batch is written."""
 
     def __init__(self, target: _Target, schema: TableSchema) -> None:
         self.target = target
@@ -338,7 +342,7 @@ class DuckDBSink(SinkRuntime):
             f"FROM (SELECT UNNEST($1::{struct}) AS s) ON CONFLICT DO NOTHING"
         )
 
-    def _write(self, records: Sequence[OutputRecord]) -> None:
+    def _write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
         now = datetime.datetime.now(datetime.UTC)
         payload = [
             {**r.values, "_event_id": r.event_id, "_row_index": r.row_index, "_written_at": now}
@@ -347,7 +351,7 @@ class DuckDBSink(SinkRuntime):
         duckdb = _duckdb()
         try:
             with self.target.connect(wait_s=2) as con:
-                con.execute(self._sql, [payload])
+                return self._insert_isolating(con, payload, 0)
         except duckdb.CatalogException as e:
             raise TransientSinkError(
                 f"table {self.target.full_name} is missing ({e}); run `buildflow plan` to create it"
@@ -355,9 +359,26 @@ class DuckDBSink(SinkRuntime):
         except duckdb.IOException as e:
             raise TransientSinkError(str(e)) from e
 
-    async def write(self, records: Sequence[OutputRecord]) -> None:
+    def _insert_isolating(self, con: Any, payload: list[dict[str, Any]], offset: int) -> list[RowRejection]:
+        """Insert ``payload``; if DuckDB refuses the data itself (a value it cannot convert
+        or store, a constraint), bisect to find the rows it refuses alone and insert the
+        rest. Each statement is its own transaction, so a refused one wrote nothing.
+        O(k log n) statements for k bad rows among n."""
+        duckdb = _duckdb()
+        try:
+            con.execute(self._sql, [payload])
+            return []
+        except (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException) as e:
+            if len(payload) == 1:
+                return [RowRejection(offset, f"DuckDB refused the row: {type(e).__name__}: {e}")]
+        mid = len(payload) // 2
+        return self._insert_isolating(con, payload[:mid], offset) + self._insert_isolating(
+            con, payload[mid:], offset + mid
+        )
+
+    async def write(self, records: Sequence[OutputRecord]) -> Sequence[RowRejection] | None:
         recs = list(records)
-        await self._io.run(lambda: self._write(recs))
+        return await self._io.run(lambda: self._write(recs)) or None
 
     async def close(self) -> None:
         self._io.stop()

@@ -16,6 +16,9 @@ upload. Semantics, matching a GCS bucket with an OBJECT_FINALIZE subscription:
   (the subscription): an acked upload is never delivered again to that processor.
 * Symbolic links and anything resolving outside the folder are ignored: the local bucket
   never reads outside its root.
+* A file whose name is not valid UTF-8 (Cloud Storage object names are UTF-8) is
+  dead-lettered, named with ``\\xNN`` escapes for its bad bytes; rename it to have it
+  processed.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import mimetypes
 import os
+import secrets
 import shutil
 import sqlite3
 import stat
@@ -56,6 +61,38 @@ def _ignored(rel: str) -> bool:
     return any(p.startswith(".") for p in rel.split("/")) or rel.endswith(_IGNORED_SUFFIXES)
 
 
+def _utf8(name: str) -> str:
+    """``name`` as valid UTF-8 text. ``os`` gives the bytes of a file name that is not UTF-8
+    as lone surrogates (PEP 383), which no sink can store; they become ``\\xNN`` escapes."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (not from os)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be written as an object of a local bucket, or None."""
+    if not name:
+        return "it is empty"
+    if "\0" in name:
+        return "it contains a NUL character"
+    if _utf8(name) != name:
+        return "it is not valid UTF-8"
+    if name.startswith("/"):
+        return "it is an absolute path; object names are relative to the bucket"
+    parts = name.split("/")
+    if ".." in parts:
+        return "it has a '..' component (object names may not climb out of a folder)"
+    if "" in parts or "." in parts:
+        return "it has an empty or '.' component, so the file would get another name"
+    if _ignored(name):
+        return (
+            "the local bucket ignores hidden names and names ending in "
+            f"{', '.join(_IGNORED_SUFFIXES)} (they mark uploads in progress)"
+        )
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalBlobReader(BlobReader):
     """Reads a file of a local bucket. Refuses paths that resolve outside the bucket."""
@@ -78,7 +115,7 @@ class _Object:
     size: int
 
     def event_id(self, bucket: str) -> str:
-        return GCSFileEvent.make_event_id(bucket, self.name, self.generation)
+        return GCSFileEvent.make_event_id(bucket, _utf8(self.name), self.generation)
 
 
 class _AckStore:
@@ -123,6 +160,7 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         self._store: _AckStore | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch = asyncio.Event()
+        self._relisting: asyncio.Future[None] | None = None
         self._started = False
 
     # -- discovery ---------------------------------------------------------------
@@ -221,9 +259,33 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
                 self._offer(obj)
 
     async def _watch(self) -> None:
+        """Watch the folder. If the watch fails (watchfiles gives up on a change to a file
+        whose name is not UTF-8, and drops the other changes it had), watch again and list
+        the folder for what was missed, instead of silently watching nothing more."""
+        failures = 0
+        while not self._stop_watch.is_set():
+            try:
+                await self._watch_changes(relist=failures > 0)
+                return
+            except Exception as e:  # an ExceptionGroup from watchfiles' task group, mostly
+                failures += 1
+                errors = e.exceptions if isinstance(e, BaseExceptionGroup) else (e,)
+                log.warning(
+                    "bucket %s: the folder watch failed (%s); watching again and listing the folder",
+                    self.decl.bucket_name,
+                    "; ".join(f"{type(x).__name__}: {x}" for x in errors),
+                )
+                await asyncio.sleep(min(0.01 * 2**failures, 1.0))  # backoff if it keeps failing
+
+    async def _relist(self) -> None:
+        self._admit([(o.name, o) for o in await self._io.run(self._scan)])
+
+    async def _watch_changes(self, relist: bool) -> None:
         import watchfiles
 
         force_polling = os.environ.get("BUILDFLOW_FORCE_POLLING") == "1" or None
+        if relist:  # runs once awatch below has started its watcher (it does before awaiting)
+            self._relisting = asyncio.ensure_future(self._relist())
         async for changes in watchfiles.awatch(
             self.root,
             stop_event=self._stop_watch,
@@ -262,23 +324,31 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
     def _envelope(self, eid: str, obj: _Object) -> Envelope[GCSFileEvent]:
         when = datetime.datetime.fromtimestamp(obj.generation / 1e9, tz=datetime.UTC)
         bucket = self.decl.bucket_name
+        name = _utf8(obj.name)
         event = GCSFileEvent(
             bucket_name=bucket,
-            name=obj.name,
+            name=name,
             generation=obj.generation,
             size=obj.size,
-            content_type=mimetypes.guess_type(obj.name)[0],
+            content_type=mimetypes.guess_type(name)[0],
             event_time=when,
             event_id=eid,
-            metadata=GCSFileEvent.notification_attributes(bucket, obj.name, obj.generation, when),
+            metadata=GCSFileEvent.notification_attributes(bucket, name, obj.generation, when),
             reader=LocalBlobReader(str(self.root), obj.name),
         )
+        error = None
+        if name != obj.name:  # a sink cannot store the name, nor could GCS: dead-letter it
+            error = ValueError(
+                f"object name {name!r} is not valid UTF-8 (Cloud Storage object names are UTF-8 "
+                "text); rename the file"
+            )
         return Envelope(
             event=event,
             event_id=eid,
             ack_id=eid,
             received_at=datetime.datetime.now(datetime.UTC),
-            object_name=obj.name,
+            object_name=name,
+            error=error,
         )
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[GCSFileEvent]]:
@@ -319,7 +389,8 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         return len(self._pending) + len(self._unsettled)
 
     async def is_drained(self) -> bool:
-        return self._started and not self._pending and not self._inflight and not self._unsettled
+        relisted = self._relisting is None or self._relisting.done()
+        return self._started and relisted and not self._pending and not self._inflight and not self._unsettled
 
     async def close(self) -> None:
         self._stop_watch.set()
@@ -327,6 +398,10 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
+        if self._relisting is not None:
+            self._relisting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._relisting
         if self._store is not None:
             store = self._store
             await self._io.run(store.close)
@@ -405,23 +480,43 @@ class LocalBucketProvider(SourceProvider):
         place, so the watcher never sees a half-written file.
 
         Raises:
-            ConfigurationError: ``name`` is empty, absolute, or leaves the bucket (``..``).
+            ConfigurationError: ``name`` is empty, absolute, has a ``..``, ``.`` or empty
+                component, is not UTF-8, is a name the bucket ignores (hidden, ``.tmp``,
+                ...), resolves outside the bucket folder (a symbolic link), or is too long
+                for the file system (255 bytes a component on most). Nothing is written.
             ResourceMissingError: the bucket folder does not exist (run ``plan``).
+            BuildflowError: the file cannot be written (e.g. a folder has that name).
         """
-        from buildflow.errors import ConfigurationError, ResourceMissingError
+        from buildflow.errors import BuildflowError, ConfigurationError, ResourceMissingError
 
         root = self.bucket_dir.resolve()
-        target = (root / name).resolve()
-        if not name or name.startswith("/") or not target.is_relative_to(root) or target == root:
-            raise ConfigurationError(f"object name {name!r} is not inside bucket folder {str(root)!r}")
+        problem = _name_problem(name)
+        target = (root / name).resolve() if problem is None else root
+        if problem is None and not target.is_relative_to(root):
+            problem = "it resolves outside the bucket folder (through a symbolic link)"
+        if problem is not None:
+            raise ConfigurationError(
+                f"object name {name!r} refused: {problem}; nothing was written to bucket folder {str(root)!r}"
+            )
         if not root.is_dir():
             raise ResourceMissingError(
                 f"bucket folder {str(root)!r} does not exist; run `buildflow plan` first."
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        # A short temporary name: `.<name>.tmp` would not fit beside a 255-byte name.
+        tmp = target.parent / f".upload-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if e.errno == errno.ENAMETOOLONG:
+                raise ConfigurationError(
+                    f"object name {name!r} is too long for the local bucket's file system "
+                    f"(at most {os.pathconf(root, 'PC_NAME_MAX')} bytes per '/'-separated part)"
+                ) from e
+            raise BuildflowError(f"cannot write object {name!r} to {str(target)!r}: {e.strerror}") from e
         return str(target)
 
     def open(self, consumer: str) -> SourceRuntime[Any]:
