@@ -1,0 +1,304 @@
+"""Duplicates in BigQuery after a ``kill -9`` and redelivery, per ``BigQueryTable.write_mode``.
+
+The case every at-least-once pipeline meets: a write reaches the warehouse and commits,
+but the runner dies before it hears back, so the events are never acked and come back.
+For each mode, through the local emulator stack (started and stopped by the script):
+
+1. ``plan`` an app (the image classifier, GCSFileStream with a 10 s ack deadline, the
+   BigQueryTable in that write mode) and upload N distinct photos;
+2. ``buildflow run`` until the first rows are in BigQuery;
+3. pause the BigQuery server (SIGSTOP) until the runner's next write waits in the
+   server's socket (``/proc/net/tcp``: unread bytes at the server's end), then pause the
+   runner and resume the server: it commits the write and its answer waits, unread, at
+   the runner's end;
+4. ``kill -9`` the runner: its events were written but never acked;
+5. ``buildflow run --until-idle`` again (as often as needed, until every upload has its
+   row and a run that started after the dead runner's leases expired found nothing more):
+   Pub/Sub redelivers every event the dead runner had not acked;
+6. count rows and distinct ``(_event_id, _row_index)`` in BigQuery.
+
+Columns: ``events`` (uploads), ``at kill`` (uploads with a row when the runner was
+killed), ``rewritten`` (rows the restarted runs wrote for events that already had their
+row: redeliveries of written, unacked events), ``rows``, ``duplicates`` (rows - distinct
+keys) and ``lost`` (uploads without a row). The emulator ignores insertIds, so in
+``insert_id`` mode every rewritten row is a duplicate; BigQuery would drop those only
+within its ~1 minute best-effort window, and a restart after a crash often takes longer.
+
+    .venv/bin/python -m benchmarks.bigquery_redelivery --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "buildflow.cli"]
+ACK_DEADLINE_S = 10  # the smallest GCSFileStream allows: redelivery comes 10 s after a crash
+
+APP = f"""
+import os
+from buildflow import Node
+from buildflow.io import BigQueryTable, GCSFileStream
+from processors import ImageClassificationProcessor
+
+
+class Classifier(ImageClassificationProcessor):
+    def sink(self) -> BigQueryTable:
+        return BigQueryTable(
+            table_id=os.environ["TABLE_ID"], destroy_protection=False, write_mode=os.environ["WRITE_MODE"]
+        )
+
+
+app = Node()
+app.add(Classifier(
+    bucket_name=os.environ["BUCKET_NAME"],
+    table_id=os.environ["TABLE_ID"],
+    source=GCSFileStream(
+        project_id=os.environ["GCP_PROJECT"],
+        bucket_name=os.environ["BUCKET_NAME"],
+        ack_deadline_secs={ACK_DEADLINE_S},
+        force_destroy=True,
+    ),
+))
+"""
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one kill -9 scenario left in BigQuery (see the module docstring)."""
+
+    mode: str
+    events: int
+    rows_at_kill: int
+    rewritten: int
+    rows: int
+    distinct: int
+    duplicates: int
+    lost: int
+    restarts: int
+    seconds: float
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float, proc: Any = None) -> bool:
+    """Poll ``predicate`` every 0.2 s for up to ``timeout`` s; False if it never held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the runner exited early (rc {proc.returncode}) while waiting for {what}")
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _unread(port: int, *, at_server: bool) -> bool:
+    """True when a TCP connection to 127.0.0.1:``port`` holds bytes not read yet: at the
+    server's end (a request waiting for the paused server) or at the client's end (an
+    answer waiting for the paused client). Linux ``/proc/net/tcp``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        end = fields[1] if at_server else fields[2]
+        if int(end.split(":")[1], 16) == port and fields[3] in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT
+            if int(fields[4].split(":")[1], 16) > 0:  # rx_queue
+                return True
+    return False
+
+
+def run_scenario(
+    mode: str,
+    *,
+    env: dict[str, str],
+    bigquery_pid: int,
+    workdir: Path,
+    project: str = "buildflow-local",
+    images: int = 64,
+    log: Callable[[str], None] = lambda s: None,
+) -> Outcome:
+    """Run the kill -9 scenario (module docstring) for one write mode; ``env`` holds the
+    stack's variables, ``bigquery_pid`` is the BigQuery server's PID (paused and resumed)."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery, storage
+
+    from models.samples import sample_photos
+
+    t0 = time.monotonic()
+    suffix = f"{os.getpid()}{time.monotonic_ns() % 10**8}"
+    bucket_name = f"redelivery-{mode.replace('_', '-')}-{suffix}"
+    table = f"{project}.redelivery_{mode}_{suffix}.predictions"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "redelivery_app.py").write_text(APP)
+    run_env = {
+        **os.environ,
+        **env,
+        "BUILDFLOW_ENV": "emulator",
+        "GCP_PROJECT": project,
+        "BUCKET_NAME": bucket_name,
+        "TABLE_ID": table,
+        "WRITE_MODE": mode,
+        "COLUMNS": "200",
+    }
+
+    def cli(*args: str) -> None:
+        proc = subprocess.run(
+            [*CLI, *args], cwd=workdir, env=run_env, capture_output=True, text=True, timeout=240
+        )
+        if proc.returncode != 0:
+            what = f"buildflow {' '.join(args)} exited {proc.returncode}"
+            raise RuntimeError(f"{what}:\n{proc.stdout}\n{proc.stderr}")
+
+    bq = bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=env["BIGQUERY_EMULATOR_HOST"]),
+    )
+
+    def keys() -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in bq.query(f"SELECT _event_id, _row_index FROM `{table}`").result()]
+
+    def count() -> int:
+        return len(keys())
+
+    cli("plan", "redelivery_app:app", "--yes")
+    try:
+        gcs = storage.Client(
+            project=project,
+            credentials=AnonymousCredentials(),
+            client_options=ClientOptions(api_endpoint=env["STORAGE_EMULATOR_HOST"]),
+        )
+        bucket = gcs.bucket(bucket_name)
+        photos = list(sample_photos().items())
+        for i in range(images):
+            name, data = photos[i % len(photos)]
+            bucket.blob(f"p{i:04d}_{name}").upload_from_string(data, content_type="image/jpeg")
+        log(f"{mode}: {images} uploads")
+
+        with open(workdir / f"run-{mode}.log", "w") as out:
+            runner = subprocess.Popen(
+                [*CLI, "run", "redelivery_app:app", "--log-level", "info"],
+                cwd=workdir,
+                env=run_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        port = int(env["BIGQUERY_EMULATOR_HOST"].rsplit(":", 1)[1])
+        stopped = False
+        try:
+            if not _wait_for(lambda: count() >= 1, "the first rows", 240, runner):
+                raise RuntimeError("no row arrived within 240 s")
+            os.kill(bigquery_pid, signal.SIGSTOP)
+            stopped = True
+            if not _wait_for(lambda: _unread(port, at_server=True), "a write", 60, runner):
+                raise RuntimeError("no write reached the paused BigQuery server within 60 s")
+            os.kill(runner.pid, signal.SIGSTOP)  # the runner can neither hear back nor ack
+            os.kill(bigquery_pid, signal.SIGCONT)
+            stopped = False
+            if not _wait_for(lambda: _unread(port, at_server=False), "the answer", 60):
+                raise RuntimeError("the BigQuery server did not answer the paused runner within 60 s")
+            # The write is committed; its answer waits, unread, in the paused runner's socket.
+        finally:
+            runner.kill()  # SIGKILL: no drain, no nack
+            runner.wait(timeout=60)
+            if stopped:
+                os.kill(bigquery_pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        before = len({k[0] for k in keys()})
+        log(f"{mode}: killed; {before} uploads have their row")
+
+        # Restart until every upload has its row and a run that began after the dead
+        # runner's leases expired (ack deadline after Pub/Sub resumed) found nothing more.
+        restarts, rewritten_total = 0, 0
+        deadline = time.monotonic() + 240
+        while True:
+            started = time.monotonic()
+            summary = workdir / f"summary-{mode}-{restarts}.json"
+            cli("run", "redelivery_app:app", "--until-idle", "--summary-json", str(summary))
+            restarts += 1
+            rewritten_total += json.loads(summary.read_text())["rows"]
+            covered = len({k[0] for k in keys()}) >= images
+            done = covered and started > resumed + ACK_DEADLINE_S + 1
+            if done or time.monotonic() > deadline:
+                break
+        got = keys()
+    finally:
+        subprocess.run(
+            [*CLI, "destroy", "redelivery_app:app", "--yes", "--force"],
+            cwd=workdir,
+            env=run_env,
+            capture_output=True,
+            timeout=240,
+        )
+    distinct = len(set(got))
+    events_with_rows = len({k[0] for k in got})
+    return Outcome(
+        mode=mode,
+        events=images,
+        rows_at_kill=before,
+        rewritten=rewritten_total - (images - before),
+        rows=len(got),
+        distinct=distinct,
+        duplicates=len(got) - distinct,
+        lost=images - events_with_rows,
+        restarts=restarts,
+        seconds=time.monotonic() - t0,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--modes", default="merge,insert_id")
+    args = parser.parse_args()
+
+    from infra import stack as stack_mod
+
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "stack"
+        stack = stack_mod.start(state_dir=state)
+        try:
+            load0 = os.getloadavg()[0]
+            for mode in args.modes.split(","):
+                outcomes.append(
+                    run_scenario(
+                        mode,
+                        env=dict(stack.env),
+                        bigquery_pid=stack.pids["bigquery"],
+                        workdir=Path(tmp) / mode,
+                        project=stack.project,
+                        images=args.images,
+                        log=lambda s: print(s, file=sys.stderr, flush=True),
+                    )
+                )
+            load1 = os.getloadavg()[0]
+        finally:
+            stack_mod.stop(state)
+
+    print(
+        f"| write_mode ({os.cpu_count()} CPUs, emulator stack) | events | at kill | rewritten "
+        "| rows | duplicates | lost | restarts | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for o in outcomes:
+        print(
+            f"| {o.mode} | {o.events} | {o.rows_at_kill} | {o.rewritten} | {o.rows} | {o.duplicates} "
+            f"| {o.lost} | {o.restarts} | {o.seconds:.0f} |"
+        )
+    print(f"\n1-min load average before / after: {load0:.2f} / {load1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
