@@ -86,6 +86,7 @@ class ProcessorStats:
     rows: int = 0
     dead_letters: int = 0
     batches: int = 0
+    sink_writes: int = 0  # waiting micro-batches are written together: <= batches
     setup_calls: int = 0
     teardown_calls: int = 0
     sink_retries: int = 0

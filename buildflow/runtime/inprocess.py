@@ -66,6 +66,7 @@ __all__ = ["InProcessRuntime"]
 log = logging.getLogger("buildflow.runtime")
 
 _DONE = object()
+_MAX_COALESCED_ROWS = 4096  # one sink write carries at most about this many rows
 
 
 def _peak_rss_mb() -> float:
@@ -311,11 +312,25 @@ class _Worker:
     # -- stage 3: write, then ack ------------------------------------------------
     async def write_loop(self) -> None:
         assert self.source is not None and self.sink is not None and self.dl_sink is not None
-        while True:
+        done = False
+        while not done:
             item = await self.write_q.get()
             if item is _DONE:
                 return
             result: _BatchResult = item
+            merged = 1
+            # Coalesce micro-batches that are already waiting (the sink was slower than the
+            # model): one write instead of several, so a slow sink (a DuckDB file open, a
+            # BigQuery MERGE job) costs once per write, not once per batch.
+            while not self.write_q.empty() and len(result.records) < _MAX_COALESCED_ROWS:
+                more = self.write_q.get_nowait()
+                if more is _DONE:
+                    done = True
+                    break
+                result = _BatchResult(
+                    result.envelopes + more.envelopes, result.records + more.records, result.dead + more.dead
+                )
+                merged += 1
             if result.records:
                 rejected = await self._write_with_retry(self.sink, result.records, "sink")
                 if rejected:
@@ -331,10 +346,11 @@ class _Worker:
                         r.reason,
                     )
             await self.source.ack(result.envelopes)
-            self.inflight -= 1
+            self.inflight -= merged
             now = time.monotonic()
             wall = datetime.datetime.now(datetime.UTC)
-            self.stats.batches += 1
+            self.stats.batches += merged
+            self.stats.sink_writes += 1
             self.stats.rows += len(result.records)
             self.stats.dead_letters += len(result.dead)
             if result.records and self.stats.first_row_s is None:

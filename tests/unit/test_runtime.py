@@ -290,6 +290,34 @@ def test_transient_sink_errors_are_retried_and_events_acked_only_after_the_write
     assert opened[0].acked and len(opened[0].acked) == 3
 
 
+def test_batches_waiting_for_a_slow_sink_are_written_together_and_each_acked() -> None:
+    """While the sink fails, processed micro-batches queue up; once it is back, those
+    waiting are coalesced into one write (one file open / one MERGE), and every event is
+    still written once and acked."""
+
+    class P(Base):
+        max_batch_size = 2
+        max_batch_latency_ms = 0
+
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, 0)
+
+    FlakyProvider.log = []
+    bound = BoundProcessor(
+        spec=inspect_processor(P()),
+        source=InMemorySourceProvider(InMemorySource(tuple(events(12))), _ENV),
+        sink=FlakyProvider(FlakySink("coalesce", failures=3), _ENV),
+        dead_letter=InMemorySinkProvider(InMemorySink("coalesce.dl"), _ENV),
+    )
+    opts = RunOptions(until_idle=True, idle_grace_ms=0, handle_signals=False, sink_retry_initial_ms=20)
+    summary = InProcessRuntime().run([bound], opts)
+    writes = [int(x.split()[1]) for x in FlakyProvider.log if x.startswith("write")]
+    assert sum(writes) == 12 and max(writes) > 2, FlakyProvider.log
+    stats = summary.processors[0]
+    assert stats.batches == 6 and stats.sink_writes == len(writes) < 6
+    assert sorted(r.values["name"] for r in sink_rows("coalesce")) == [e.name for e in events(12)]
+
+
 def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down() -> None:
     """With the sink down, the source is pulled only a bounded number of micro-batches
     ahead; after SIGTERM the drain cannot finish, so the run stops hard at the drain
