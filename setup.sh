@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine: the real sample photos (Debian's darknet package,
-# when run as root), PostgreSQL for the PostgresTable tests (Debian's postgresql, as root), a
-# virtual environment in .venv, and every dependency of the framework, the app and the tests.
+# when run as root), Fashion-MNIST for training (Debian's dataset-fashion-mnist, as root),
+# PostgreSQL for the PostgresTable tests (Debian's postgresql, as root), Chromium for the
+# web UI's browser test (Debian's chromium, as root), a virtual environment in .venv, and
+# every dependency of the framework, the app and the tests.
 # Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,6 +17,17 @@ if [ ! -f /usr/share/darknet/data/dog.jpg ]; then
     echo "setup: warning: /usr/share/darknet/data is missing; run 'sudo apt-get install darknet' for the sample photos" >&2
   fi
 fi
+# Fashion-MNIST in its original IDX files (/usr/share/datasets/fashion-mnist), for training
+# (python -m models.training) and `buildflow produce --fashion-mnist`.
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's dataset-fashion-mnist package (Fashion-MNIST IDX files)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  else
+    echo "setup: warning: Fashion-MNIST is missing; run 'sudo apt-get install dataset-fashion-mnist' for training and its tests" >&2
+  fi
+fi
 # PostgreSQL server binaries for PostgresTable's integration tests (the test session starts
 # its own server on 127.0.0.1 from a scratch folder; Debian's cluster service is not used).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -24,6 +37,18 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
   else
     echo "setup: warning: PostgreSQL is missing; run 'sudo apt-get install postgresql' for the PostgresTable tests" >&2
+  fi
+fi
+
+# Chromium for the web UI's browser test (Playwright drives Debian's build at
+# /usr/bin/chromium; Playwright's own browser download is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium package (browser for the UI's browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "setup: warning: Chromium is missing; run 'sudo apt-get install chromium' for the UI's browser test" >&2
   fi
 fi
 

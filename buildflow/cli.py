@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -283,6 +284,44 @@ def _print_summary(summary: RunSummary) -> None:
     )
 
 
+ProgressCallback = Callable[[list[ProcessorStats], float], None]
+
+
+def _also(first: ProgressCallback | None, then: ProgressCallback) -> ProgressCallback:
+    """``then``, preceded by ``first`` when there is one."""
+    if first is None:
+        return then
+
+    def both(stats: list[ProcessorStats], elapsed: float) -> None:
+        first(stats, elapsed)
+        then(stats, elapsed)
+
+    return both
+
+
+def _start_ui(
+    bound: list[BoundProcessor], on: bool, host: str, port: int, token: str | None, max_upload_mb: float
+) -> tuple[Any, ProgressCallback | None]:
+    """Start the web UI of ``run --ui``: (its server, the progress callback that feeds it),
+    or (None, None) without ``--ui``."""
+    if not on:
+        return None, None
+    try:
+        from buildflow.ui import UiConfig, UiServer, UiState
+
+        state = UiState()
+        config = UiConfig(
+            host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024)
+        )
+        server = UiServer(bound, state, config)
+        url = server.start()
+    except BuildflowError as e:
+        raise _fail(e) from e
+    hint = "" if token is None else " (open it with ?token=<your token> once; the page keeps it)"
+    err.print(f"UI: {url}{hint}", markup=False, soft_wrap=True)
+    return server, state.update
+
+
 @cli.command("run")
 def run_cmd(
     app: AppArg,
@@ -303,6 +342,25 @@ def run_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Live progress line (default: on a terminal).")
     ] = True,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui", help="Also serve a web page: upload images, watch rows, metrics and dead letters live."
+        ),
+    ] = False,
+    ui_host: Annotated[
+        str, typer.Option("--ui-host", help="Address the page listens on; off loopback needs --ui-token.")
+    ] = "127.0.0.1",
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the page (0: a free one).")] = 8765,
+    ui_token: Annotated[
+        str | None,
+        typer.Option(
+            "--ui-token", envvar="BUILDFLOW_UI_TOKEN", help="Access token every page request must carry."
+        ),
+    ] = None,
+    ui_max_upload_mb: Annotated[
+        float, typer.Option("--ui-max-upload-mb", min=0.001, help="Largest file the page accepts, MiB.")
+    ] = 20.0,
     log_level: LogOpt = "info",
 ) -> None:
     """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
@@ -321,24 +379,29 @@ def run_cmd(
         + ", ".join(f"{b.name} ({b.spec.source.describe()} -> {b.spec.sink.describe()})" for b in bound)
         + (" until idle" if until_idle else "; Ctrl-C to stop")
     )
-    live_on = progress and err.is_terminal
-    if live_on:
-        line = _Progress()
-        with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
-            summary = InProcessRuntime().run(
-                bound, options, on_progress=lambda s, t: live.update(line.text(s, t))
-            )
-    elif progress:  # not a terminal (logs, CI): the same line, logged every 10 s
-        line, last = _Progress(), [0.0]
+    ui_server, on_ui = _start_ui(bound, ui, ui_host, ui_port, ui_token, ui_max_upload_mb)
+    try:
+        live_on = progress and err.is_terminal
+        if live_on:
+            line = _Progress()
+            with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
+                summary = InProcessRuntime().run(
+                    bound, options, on_progress=_also(on_ui, lambda s, t: live.update(line.text(s, t)))
+                )
+        elif progress:  # not a terminal (logs, CI): the same line, logged every 10 s
+            line, last = _Progress(), [0.0]
 
-        def log_progress(stats: list[ProcessorStats], elapsed: float) -> None:
-            if elapsed - last[0] >= 10:
-                last[0] = elapsed
-                log.info("%s", line.text(stats, elapsed).plain)
+            def log_progress(stats: list[ProcessorStats], elapsed: float) -> None:
+                if elapsed - last[0] >= 10:
+                    last[0] = elapsed
+                    log.info("%s", line.text(stats, elapsed).plain)
 
-        summary = InProcessRuntime().run(bound, options, on_progress=log_progress)
-    else:
-        summary = InProcessRuntime().run(bound, options)
+            summary = InProcessRuntime().run(bound, options, on_progress=_also(on_ui, log_progress))
+        else:
+            summary = InProcessRuntime().run(bound, options, on_progress=on_ui)
+    finally:
+        if ui_server is not None:
+            ui_server.stop()
     _print_summary(summary)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
@@ -396,7 +459,9 @@ def upload_cmd(
 
 @cli.command("produce")
 def produce_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder of images; sub-folder names become labels.")],
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder of images; sub-folder names become labels.")
+    ] = None,
     kafka: Annotated[str | None, typer.Option("--kafka", help="HOST:PORT/TOPIC of a Kafka topic.")] = None,
     pubsub: Annotated[
         str | None, typer.Option("--pubsub", help="projects/P/topics/T of a Pub/Sub topic.")
@@ -407,16 +472,41 @@ def produce_cmd(
         typer.Option("--rate", min=0.001, help="Images per second (default: as fast as possible)."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most this many.")] = None,
+    fashion_mnist: Annotated[
+        bool,
+        typer.Option(
+            "--fashion-mnist",
+            help="Publish Fashion-MNIST images (PNG, true class name as label) instead of a folder.",
+        ),
+    ] = False,
+    split: Annotated[str, typer.Option("--split", help="Fashion-MNIST split: test | train.")] = "test",
+    start: Annotated[int, typer.Option("--start", min=0, help="First Fashion-MNIST index sent.")] = 0,
+    end: Annotated[
+        int | None, typer.Option("--end", min=1, help="Fashion-MNIST index to stop before (default: all).")
+    ] = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Publish a folder of images (recursively) to a Kafka or Pub/Sub topic, with a progress bar."""
+    """Publish a folder of images (recursively), or Fashion-MNIST images by index range
+    (--fashion-mnist --start 0 --end 1000), to a Kafka or Pub/Sub topic, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from buildflow.io.kafka import KafkaTopic
-    from buildflow.producer import KafkaProducerTarget, ProducerTarget, PubSubProducerTarget, produce
+    from buildflow.producer import (
+        KafkaProducerTarget,
+        ProducerTarget,
+        PubSubProducerTarget,
+        produce,
+        produce_items,
+    )
 
     _configure_logging(log_level)
     try:
+        if (folder is None) != fashion_mnist:
+            raise BuildflowError("give exactly one of FOLDER or --fashion-mnist")
+        if split not in ("train", "test"):
+            raise BuildflowError(f"--split {split!r}: use 'test' or 'train'")
+        if fashion_mnist and fmt == "reference":
+            raise BuildflowError("--fashion-mnist sends image bytes: use --format raw or json")
         if (kafka is None) == (pubsub is None):
             raise BuildflowError(
                 "give exactly one of --kafka HOST:PORT/TOPIC or --pubsub projects/P/topics/T"
@@ -438,14 +528,28 @@ def produce_cmd(
             console=err,
             disable=not err.is_terminal,
         ) as bar:
-            task = bar.add_task(f"producing {folder}", total=None)
-            sent = produce(
-                folder,
-                target,
-                rate=rate,
-                limit=limit,
-                on_sent=lambda n, total: bar.update(task, completed=n, total=total),
-            )
+            what = f"Fashion-MNIST {split} {start}..{end if end is not None else 'end'}"
+            task = bar.add_task(f"producing {folder if folder is not None else what}", total=None)
+            if folder is not None:
+                sent = produce(
+                    folder,
+                    target,
+                    rate=rate,
+                    limit=limit,
+                    on_sent=lambda n, total: bar.update(task, completed=n, total=total),
+                )
+            else:
+                from buildflow.datasets import fashion_mnist_png
+
+                if limit is not None:
+                    end = min(end, start + limit) if end is not None else start + limit
+                sent = produce_items(
+                    fashion_mnist_png("train" if split == "train" else "test", start, end),
+                    target,
+                    total=(end - start) if end is not None else None,
+                    rate=rate,
+                    on_sent=lambda n, total: bar.update(task, completed=n, total=total),
+                )
         out.print(f"sent {sent} images to {kafka or pubsub}", markup=False)
     except RuntimeError as e:
         raise _fail(e) from e

@@ -9,6 +9,10 @@ Decode untrusted image bytes (:func:`decode_image`), load a classifier by name
     image = decode_image(data, target_short_side=classifier.preprocessing.resize_short_side)
     [predictions] = classifier.classify([image], top_k=5)
 
+A checkpoint trained by ``python -m models.training`` loads by URI, with its class names
+and preprocessing: ``load_model("checkpoint:runs/fashion_mnist_cnn/model.pt")`` (or
+``gs://bucket/...``).
+
 Importing this package loads no model and downloads nothing.
 """
 
@@ -36,6 +40,7 @@ from .registry import (
     ImageClassifier,
     Prediction,
     available_models,
+    load_checkpoint,
     load_model,
     register_model,
 )
@@ -62,6 +67,7 @@ __all__ = [
     "Prediction",
     "ImageClassifier",
     "load_model",
+    "load_checkpoint",
     "register_model",
     "available_models",
 ]

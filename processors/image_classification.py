@@ -105,7 +105,9 @@ class ImageClassificationProcessor(buildflow.Processor):
         import torch
 
         side = self.model.preprocessing.crop_size
-        self.model.predict_proba(torch.zeros(1, 3, side, side, device=self.device))
+        self.model.predict_proba(
+            torch.zeros(1, self.model.preprocessing.channels, side, side, device=self.device)
+        )
         self.metrics.increment("model_loads")
         self.metrics.observe("load_model_latency_ms", self.model.load_latency_ms)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
