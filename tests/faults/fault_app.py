@@ -4,7 +4,8 @@ environment variables, and a log of every event it processes (to count reprocess
 - ``FAULT_SOURCE``: ``bucket`` (default; ``GCSFileStream`` of ``FAULT_BUCKET``) or
   ``kafka`` (``KafkaTopic`` ``FAULT_TOPIC`` on ``KAFKA_BOOTSTRAP_SERVERS``, raw payloads).
 - ``FAULT_SINK``: ``table`` (default; ``BigQueryTable``: DuckDB in ``local``, BigQuery in
-  ``emulator``) or ``postgres`` (``PostgresTable`` at the DSN in ``FAULT_PG_DSN``).
+  ``emulator``) or ``postgres`` (``PostgresTable`` ``FAULT_PG_TABLE`` at the DSN in
+  ``FAULT_PG_DSN``).
 - ``FAULT_PROCESS_LOG``: a file that gets one line per event processed: its event id.
 - ``FAULT_SLOW_S``: seconds each batch takes at least (a processor slower than its lease);
   ``FAULT_ACK_DEADLINE``: the subscription's ack deadline (``GCSFileStream``, default 60 s).
@@ -24,7 +25,7 @@ from processors import ImageClassificationProcessor
 from schemas import ImageClassificationRow
 
 TABLE_ID = "buildflow-local.faults.predictions"
-POSTGRES_TABLE = "fault_predictions"
+POSTGRES_TABLE = os.environ.get("FAULT_PG_TABLE", "fault_predictions")
 
 
 class FaultProcessor(ImageClassificationProcessor):

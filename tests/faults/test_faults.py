@@ -292,18 +292,15 @@ def _pg_count(dsn: str, table: str) -> tuple[int, int]:
 def test_sink_server_down_for_10_s_mid_stream_recovers_by_itself_with_bounded_memory(
     tmp_path: Path, runners: list[Runner], postgres_server: Any
 ) -> None:
-    from tests.faults.fault_app import POSTGRES_TABLE
-
-    app = make_app(tmp_path, FAULT_SINK="postgres", FAULT_PG_DSN=postgres_server.dsn)
+    table = f"fault_{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    app = make_app(tmp_path, FAULT_SINK="postgres", FAULT_PG_DSN=postgres_server.dsn, FAULT_PG_TABLE=table)
     app.cli("plan", APP, "--yes")
     n = 400
     write_into(app.bucket(), photos(n))
     runner = app.spawn()
     runners.append(runner)
     try:
-        wait_until(
-            lambda: _pg_count(postgres_server.dsn, POSTGRES_TABLE)[0] >= BATCH, 180, "first rows", runner
-        )
+        wait_until(lambda: _pg_count(postgres_server.dsn, table)[0] >= BATCH, 180, "first rows", runner)
         postgres_server.stop()
         t_stop = time.monotonic()
         acked_at_stop, processed_at_stop = app.acked(), len(app.processed())
@@ -314,12 +311,12 @@ def test_sink_server_down_for_10_s_mid_stream_recovers_by_itself_with_bounded_me
     finally:
         if not postgres_server.is_running():
             postgres_server.start()
-    wait_until(lambda: _pg_count(postgres_server.dsn, POSTGRES_TABLE)[0] >= n, 240, "every row", runner)
+    wait_until(lambda: _pg_count(postgres_server.dsn, table)[0] >= n, 240, "every row", runner)
     t_done = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.wait(60) == 0, runner.log()
     summary = runner.summary()
-    rows, distinct = _pg_count(postgres_server.dsn, POSTGRES_TABLE)
+    rows, distinct = _pg_count(postgres_server.dsn, table)
     before = runner.rss_between(t_stop - 2, t_stop)
     during = runner.rss_between(t_stop, t_start)
     processed = app.processed()
@@ -355,9 +352,8 @@ def test_drain_deadline_and_second_signal_while_the_sink_is_down(
 ) -> None:
     """SIGTERM drains for at most ``--drain-timeout-s``; a second SIGTERM stops at once;
     neither acks an unwritten event, so a later run writes each exactly once."""
-    from tests.faults.fault_app import POSTGRES_TABLE
-
-    app = make_app(tmp_path, FAULT_SINK="postgres", FAULT_PG_DSN=postgres_server.dsn)
+    table = f"fault_{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    app = make_app(tmp_path, FAULT_SINK="postgres", FAULT_PG_DSN=postgres_server.dsn, FAULT_PG_TABLE=table)
     app.cli("plan", APP, "--yes")
     n = 150
     write_into(app.bucket(), photos(n))
@@ -369,11 +365,11 @@ def test_drain_deadline_and_second_signal_while_the_sink_is_down(
         ):
             if not postgres_server.is_running():
                 postgres_server.start()
-            written = _pg_count(postgres_server.dsn, POSTGRES_TABLE)[0]
+            written = _pg_count(postgres_server.dsn, table)[0]
             runner = app.spawn(*args)
             runners.append(runner)
             wait_until(
-                lambda w=written: _pg_count(postgres_server.dsn, POSTGRES_TABLE)[0] > w,
+                lambda w=written: _pg_count(postgres_server.dsn, table)[0] > w,
                 180,
                 "new rows",
                 runner,
@@ -402,7 +398,7 @@ def test_drain_deadline_and_second_signal_while_the_sink_is_down(
     last = app.spawn("--until-idle")
     runners.append(last)
     assert last.wait(300) == 0, last.log()
-    rows, distinct = _pg_count(postgres_server.dsn, POSTGRES_TABLE)
+    rows, distinct = _pg_count(postgres_server.dsn, table)
     figures.update(rows=rows, duplicates=rows - distinct, lost=n - distinct)
     report("SIGTERM drain deadline and second signal with PostgreSQL down", **figures)
     assert rows == distinct == n
