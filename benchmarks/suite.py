@@ -1,0 +1,413 @@
+"""The benchmark suite of issue 9: one command, one run, one table (markdown) and one plot.
+
+    .venv/bin/python -m benchmarks.suite                      # full: ~15 min on 2 cores
+    .venv/bin/python -m benchmarks.suite --smoke              # seconds: CI checks the table appears
+
+For each model (the app's default, EfficientNet-Lite0, and a torchvision model, MobileNetV2
+with random weights: throughput does not depend on the weights' values), in this run, on
+these cores:
+
+* **Ceilings.** Bare model throughput on pre-decoded tensors at the processor's micro-batch
+  size (16), with the backend the processor uses; bare decode + preprocess throughput with
+  the processor's decode threads (2) on the same images.
+* **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
+  re-encodes of the packaged photos at ~500x375 and ~1350x900) already in the local bucket
+  -> rows in the DuckDB table, by ``buildflow run main:app --until-idle``: images/s on the
+  run clock, process start to first row, and the model load time for the target
+  "start to first row <= 3 s plus model load".
+* **Ours, event-driven latency.** Files dropped into the bucket (written hidden, renamed into
+  place) at a fixed rate, 50% of the throughput just measured: drop-to-row p50/p95/p99,
+  where "row" is the DuckDB sink's ``_written_at`` (the write's own clock).
+* **Peer.** The same decode + model + sink in PySpark Structured Streaming
+  (:mod:`benchmarks.spark_peer`), throughput and latency measured the same way.
+* **Framework overhead.** :mod:`benchmarks.framework_overhead`: a no-op processor over
+  in-memory events, microseconds per event with and without a DuckDB sink.
+
+Ratios are computed between measurements of this run; the load average is printed beside
+the figures. Output: stdout and ``<out>/suite.md``, ``suite.json``, ``suite.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "buildflow.cli"]
+BUCKET = "buildflow-images"
+TABLE = "image_classification.predictions"
+BATCH = 16  # ImageClassificationProcessor.max_batch_size
+DECODE_THREADS = 2  # ImageClassificationProcessor(decode_threads=2)
+
+
+# -- ceilings ----------------------------------------------------------------------------------
+def decode_ceiling(datas: list[bytes], model: Any, threads: int = DECODE_THREADS) -> float:
+    """Images/s of decode + preprocess as the processor does it (same calls, same pool size)."""
+    from models import DEFAULT_MAX_PIXELS, decode_image
+
+    pre = model.preprocessing
+
+    def one(data: bytes) -> Any:
+        return model.preprocess(
+            decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, target_short_side=pre.resize_short_side)
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, datas[: min(8, len(datas))]))  # warm-up
+        t0 = time.perf_counter()
+        list(pool.map(one, datas))
+        return len(datas) / (time.perf_counter() - t0)
+
+
+def model_ceiling(model: Any, datas: list[bytes], batch: int = BATCH, seconds: float = 8.0) -> float:
+    """Images/s of the model alone on pre-decoded, preprocessed tensors at ``batch``."""
+    import torch
+
+    from models import decode_image
+
+    x = torch.stack([model.preprocess(decode_image(d)) for d in (datas * batch)[:batch]])
+    model.predict_proba(x)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.predict_proba(x)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+# -- ours ----------------------------------------------------------------------------------------
+def _cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"buildflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _app_env(model_name: str, weights: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BUILDFLOW_ENV"}
+    env.update(MODEL_NAME=model_name, COLUMNS="200")
+    if weights is not None:
+        env["MODEL_WEIGHTS"] = str(weights)
+    return env
+
+
+def ours_throughput(
+    images: list[tuple[str, bytes]], work: Path, model_name: str, weights: Path | None
+) -> dict[str, Any]:
+    env = _app_env(model_name, weights)
+    state = work / f"state-{model_name}"
+    _cli("plan", "main:app", "--yes", "--state-dir", str(state), env=env)
+    bucket = state / "buckets" / BUCKET
+    for name, data in images:
+        (bucket / name).write_bytes(data)
+    summary_path = work / f"summary-{model_name}.json"
+    launched = time.time()
+    _cli(
+        "run",
+        "main:app",
+        "--until-idle",
+        "--state-dir",
+        str(state),
+        "--summary-json",
+        str(summary_path),
+        env=env,
+    )
+    s = json.loads(summary_path.read_text())
+    p = s["processors"][0]
+    load_ms = p["metrics"].get("load_model_latency_ms")
+    load_s = (load_ms.get("max") if isinstance(load_ms, dict) else load_ms or 0) / 1000
+    assert s["rows"] == len(images), (s["rows"], len(images))
+    return {
+        "images": s["events"],
+        "images_per_s": s["events_per_s"],
+        "launch_to_first_row_s": p["first_row_at"] - launched,
+        "model_load_s": load_s,
+        "peak_rss_mb": s["peak_rss_mb"],
+        "backend": p["metrics"].get("backend", "torch"),
+    }
+
+
+def _written(state: Path, env: dict[str, str]) -> dict[str, float]:
+    """image_name -> _written_at (epoch seconds), read through `buildflow query`."""
+    proc = _cli(
+        "query",
+        "main:app",
+        f"SELECT image_name, epoch_ms(_written_at) AS ms FROM {TABLE}",
+        "--format",
+        "json",
+        "--state-dir",
+        str(state),
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {}
+    return {r["image_name"]: r["ms"] / 1000 for r in json.loads(proc.stdout)}
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    """Nearest-rank p50/p95/p99 of ``xs`` (milliseconds in, milliseconds out)."""
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))]
+
+    return {"p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "n": len(s)}
+
+
+def ours_latency(
+    images: list[tuple[str, bytes]], work: Path, model_name: str, weights: Path | None, rate: float
+) -> dict[str, Any]:
+    env = _app_env(model_name, weights)
+    state = work / f"latency-{model_name}"
+    _cli("plan", "main:app", "--yes", "--state-dir", str(state), env=env)
+    bucket = state / "buckets" / BUCKET
+    log_path = work / f"latency-{model_name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*CLI, "run", "main:app", "--state-dir", str(state)],
+            cwd=REPO,
+            env={**env, "BUILDFLOW_LOG_LEVEL": "info"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "ready" not in log_path.read_text():  # setup() done: the model is loaded
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"runner not ready:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            time.sleep(1.0)  # let the first warm-up settle before the clock starts
+            dropped: dict[str, float] = {}
+            period = 1.0 / rate
+            start = time.monotonic()
+            for i, (name, data) in enumerate(images):
+                wait = start + i * period - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                tmp = bucket / f".{name}.part"
+                tmp.write_bytes(data)
+                os.rename(tmp, bucket / name)
+                dropped[name] = time.time()
+            deadline = time.monotonic() + 120
+            written: dict[str, float] = {}
+            while len(written) < len(images):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(written)} of {len(images)} rows after 120 s")
+                time.sleep(0.5)
+                written = _written(state, env)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    lat = [(written[n] - dropped[n]) * 1000 for n in dropped]
+    return {"rate_per_s": rate, **percentiles(lat)}
+
+
+# -- the table and the plot ------------------------------------------------------------------------
+def random_weights(model_name: str, work: Path) -> Path | None:
+    """A state_dict file for a torchvision architecture (random weights: speed only)."""
+    if model_name == "efficientnet_lite0":
+        return None
+    import torch
+    import torchvision
+
+    path = work / f"{model_name}-random.pt"
+    torch.manual_seed(0)
+    torch.save(getattr(torchvision.models, model_name)(weights=None).state_dict(), path)
+    return path
+
+
+def fmt(x: Any, digits: int = 1) -> str:
+    return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        f"benchmark suite, {results['when']}, {results['cpus']} CPUs, load average (1 min) "
+        f"before {results['load_before']:.2f}, after {results['load_after']:.2f}",
+        "",
+        "| model | backend | decode ceiling img/s | model ceiling img/s | ours img/s | ours / min(ceilings) "
+        "| launch to first row s | model load s | peak RSS MB | drop-to-row p50 / p95 / p99 ms (rate) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in results["models"]:
+        ceiling = min(m["decode_ceiling"], m["model_ceiling"])
+        o, lat = m["ours"], m.get("latency")
+        lat_s = (
+            "-"
+            if not lat
+            else f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f} "
+            f"({lat['rate_per_s']:.1f}/s)"
+        )
+        lines.append(
+            f"| {m['model']} | {o['backend']} | {m['decode_ceiling']:.1f} | {m['model_ceiling']:.1f} | "
+            f"{o['images_per_s']:.1f} | {o['images_per_s'] / ceiling:.2f} | "
+            f"{o['launch_to_first_row_s']:.2f} | "
+            f"{o['model_load_s']:.2f} | {o['peak_rss_mb']:.0f} | {lat_s} |"
+        )
+    peer = results.get("peer")
+    if peer:
+        ours = results["models"][0]
+        lines += [
+            "",
+            "| peer (same model, decode, DuckDB sink) | img/s | first row s "
+            "| drop-to-row p50 / p95 / p99 ms | ours / peer throughput | peer p50 / ours p50 |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        lat = peer.get("latency") or {}
+        ours_lat = ours.get("latency") or {}
+        ratio_lat = (lat["p50_ms"] / ours_lat["p50_ms"]) if lat and ours_lat else None
+        lines.append(
+            f"| PySpark Structured Streaming ({ours['model']}) | {peer['throughput']['images_per_s']:.1f} | "
+            f"{fmt(peer['throughput'].get('first_row_s'), 2)} | "
+            + (f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f}" if lat else "-")
+            + f" | {ours['ours']['images_per_s'] / peer['throughput']['images_per_s']:.2f}"
+            + f" | {fmt(ratio_lat, 2)} |"
+        )
+    ov = results.get("overhead")
+    if ov:
+        lines += [
+            "",
+            "| framework overhead (no-op processor) | sink | events | us/event |",
+            "|---|---|---:|---:|",
+        ]
+        for r in ov:
+            lines.append(f"| {r['mode']} | {r['sink']} | {r['events']} | {r['us_per_event']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    models = results["models"]
+    labels = ["decode ceiling", "model ceiling", "ours (end to end)"]
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        vals = [m["decode_ceiling"], m["model_ceiling"], m["ours"]["images_per_s"]]
+        xs = [j + i * width for j in range(len(labels))]
+        ax1.bar(xs, vals, width, label=m["model"])
+    if results.get("peer"):
+        ax1.bar(
+            [len(labels)],
+            [results["peer"]["throughput"]["images_per_s"]],
+            width,
+            label="PySpark (default model)",
+        )
+        labels.append("PySpark peer")
+    ax1.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(labels))], labels, rotation=10)
+    ax1.set_ylabel("images/s")
+    ax1.set_title(f"throughput ({results['cpus']} CPUs, load {results['load_before']:.1f})")
+    ax1.legend(fontsize=8)
+    series = [(f"ours {m['model']}", m.get("latency")) for m in models]
+    if results.get("peer"):
+        series.append(("PySpark", results["peer"].get("latency")))
+    series = [(n, s) for n, s in series if s]
+    for i, (name, s) in enumerate(series):
+        xs = [j + i * (0.8 / max(1, len(series))) for j in range(3)]
+        ax2.bar(xs, [s["p50_ms"], s["p95_ms"], s["p99_ms"]], 0.8 / max(1, len(series)), label=name)
+    ax2.set_xticks([j + 0.4 - 0.4 / max(1, len(series)) for j in range(3)], ["p50", "p95", "p99"])
+    ax2.set_ylabel("drop-to-row latency, ms")
+    ax2.set_yscale("log")
+    ax2.set_title("event-driven latency at 50% of throughput")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=400, help="images already in the bucket (throughput)")
+    ap.add_argument("--latency-images", type=int, default=150, help="images dropped at 50%% of throughput")
+    ap.add_argument("--models", default="efficientnet_lite0,mobilenet_v2")
+    ap.add_argument("--overhead-events", type=int, default=100_000)
+    ap.add_argument("--no-peer", action="store_true", help="skip PySpark")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, default model, no peer: seconds")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.latency_images, args.models, args.overhead_events, args.no_peer = (
+            16,
+            6,
+            "efficientnet_lite0",
+            2000,
+            True,
+        )
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    from benchmarks.images import distinct_jpegs
+    from models import load_model
+
+    results: dict[str, Any] = {
+        "when": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg()[0],
+        "models": [],
+    }
+    images = distinct_jpegs(args.images, seed=1)
+    drops = [(f"drop_{n}", d) for n, d in distinct_jpegs(args.latency_images, seed=2)]
+    datas = [d for _, d in images]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for model_name in args.models.split(","):
+            weights = random_weights(model_name, work)
+            model = load_model(model_name, weights_path=str(weights) if weights else None)
+            entry: dict[str, Any] = {
+                "model": model_name,
+                "decode_ceiling": decode_ceiling(datas, model),
+                "model_ceiling": model_ceiling(model, datas, seconds=2.0 if args.smoke else 8.0),
+            }
+            del model
+            entry["ours"] = ours_throughput(images, work, model_name, weights)
+            rate = max(0.5, entry["ours"]["images_per_s"] / 2)
+            entry["latency"] = ours_latency(drops, work, model_name, weights, rate)
+            results["models"].append(entry)
+            print(f"{model_name}: {json.dumps(entry, default=str)}", file=sys.stderr)
+        if not args.no_peer:
+            from benchmarks import spark_peer
+
+            img_dir = work / "spark-images"
+            img_dir.mkdir()
+            for name, data in images:
+                (img_dir / name).write_bytes(data)
+            rate = results["models"][0]["latency"]["rate_per_s"]
+            results["peer"] = {
+                "throughput": spark_peer.run_spark_throughput(img_dir, work / "spark-t"),
+                "latency": spark_peer.run_spark_latency(
+                    work / "spark-l", [d for _, d in drops], rate_per_s=rate, count=len(drops)
+                ),
+            }
+        from benchmarks.framework_overhead import Tick, run_once
+
+        events = tuple(Tick(i) for i in range(args.overhead_events))
+        results["overhead"] = [
+            run_once(events, 256, batched, (work / f"ov{int(batched)}{int(db)}") if db else None)
+            for batched in (False, True)
+            for db in (False, True)
+        ]
+    results["load_after"] = os.getloadavg()[0]
+    table = render(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suite.md").write_text(table)
+    (args.out / "suite.json").write_text(json.dumps(results, indent=2, default=str))
+    plot(results, args.out / "suite.png")
+    print(table)
+    print(f"wrote {args.out / 'suite.md'}, suite.json, suite.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
