@@ -103,6 +103,19 @@ class Processor:
         """Release what :meth:`setup` took. Called once when the worker stops, also after
         a failure."""
 
+    def prefetch(self, events: list[Any]) -> None:
+        """Optional: start work on a micro-batch as soon as it is pulled, before its turn
+        in :meth:`process_batch` (e.g. submit image decodes to a thread pool, so that
+        decoding batch k+1 overlaps the model's inference on batch k).
+
+        Called on the runtime's event loop thread, after :meth:`setup`, for every
+        micro-batch, up to ``max_inflight_batches`` batches ahead of processing: it must
+        not block (hand work to threads and return) and must not raise. Whatever it
+        started is the processor's to collect in :meth:`process_batch`, which must still
+        work for events that were never prefetched (retries, one-at-a-time isolation).
+        The default does nothing.
+        """
+
     def process(self, event: Any) -> Any:
         """Map one event to a row, a list of rows, or None (no row).
 

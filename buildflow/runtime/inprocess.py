@@ -50,6 +50,7 @@ from buildflow.io.base import (
     SourceRuntime,
 )
 from buildflow.metrics import Metrics
+from buildflow.processor import Processor
 from buildflow.runtime.base import (
     BoundProcessor,
     ProcessorStats,
@@ -187,9 +188,20 @@ class _Worker:
                 if batch:
                     self.stats.events += len(batch)
                     self.inflight += 1
+                    self._prefetch(batch)
                     await self.pull_q.put(batch)
         finally:
             await self._put_done(self.pull_q)
+
+    def _prefetch(self, batch: list[Envelope[Any]]) -> None:
+        """Let the processor start on a batch early (see ``Processor.prefetch``)."""
+        processor = self.spec.processor
+        if type(processor).prefetch is Processor.prefetch:
+            return
+        try:
+            processor.prefetch([e.event for e in batch if e.error is None])
+        except Exception:  # an optimisation only: process_batch does the work anyway
+            log.exception("processor %s: prefetch() failed; continuing without it", self.spec.name)
 
     # -- stage 2: process on the worker thread -----------------------------------
     async def process_loop(self) -> None:

@@ -470,3 +470,28 @@ def test_without_retries_a_failure_is_dead_lettered_after_one_attempt() -> None:
     assert result.dead_letters[0]["attempts"] == 1 and result.dead_letters[0]["errors"] == [
         "ValueError: corrupt"
     ]
+
+
+def test_prefetch_sees_each_batch_before_process_batch_and_its_failure_is_harmless() -> None:
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    class P(Base):
+        max_batch_size = 4
+        max_batch_latency_ms = 0
+
+        def prefetch(self, events: list[GCSFileEvent]) -> None:
+            calls.append(("prefetch", tuple(e.name for e in events)))
+            if len(calls) == 1:
+                raise RuntimeError("prefetch is only an optimisation")
+
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            calls.append(("process", tuple(e.name for e in events)))
+            return [Row(e.name, 0) for e in events]
+
+    result = run_processor(P(), events(10))
+    assert len(result.rows) == 10 and result.dead_letters == []
+    prefetched = [names for kind, names in calls if kind == "prefetch"]
+    processed = [names for kind, names in calls if kind == "process"]
+    assert prefetched == processed  # every batch, same events, same order
+    for names in processed:  # each batch was prefetched before it was processed
+        assert calls.index(("prefetch", names)) < calls.index(("process", names))
