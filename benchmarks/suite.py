@@ -132,7 +132,8 @@ def ours_throughput(
         "launch_to_first_row_s": p["first_row_at"] - launched,
         "model_load_s": load_s,
         "peak_rss_mb": s["peak_rss_mb"],
-        "backend": p["metrics"].get("backend", "torch"),
+        # the processor counts its model loads per backend: backend_torch / backend_onnxruntime
+        "backend": next((k.removeprefix("backend_") for k in p["metrics"] if k.startswith("backend_")), "?"),
     }
 
 

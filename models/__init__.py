@@ -13,6 +13,10 @@ A checkpoint trained by ``python -m models.training`` loads by URI, with its cla
 and preprocessing: ``load_model("checkpoint:runs/fashion_mnist_cnn/model.pt")`` (or
 ``gs://bucket/...``).
 
+Inference runs on ONNX Runtime when it is installed and agrees with torch on real photos
+(the model is exported once and cached), else on torch: ``load_model(name,
+backend="auto" | "torch" | "onnxruntime")``; ``classifier.backend`` says which.
+
 Importing this package loads no model and downloads nothing.
 """
 
@@ -36,6 +40,7 @@ from .preprocessing import (
     decode_image,
 )
 from .registry import (
+    Backend,
     Device,
     ImageClassifier,
     Prediction,
@@ -63,6 +68,7 @@ __all__ = [
     "imagenet_labels",
     "DOG_CLASS_INDICES",
     "CAT_CLASS_INDICES",
+    "Backend",
     "Device",
     "Prediction",
     "ImageClassifier",

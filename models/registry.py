@@ -10,10 +10,14 @@ Built-in models (weights are never downloaded at run time):
 Other models are added with :func:`register_model`; checkpoints written by
 ``python -m models.training`` load by URI with ``load_model("checkpoint:<path or gs://...>")``
 (:func:`load_checkpoint`). Nothing is built or loaded at import.
+
+Inference runs on torch eager or on ONNX Runtime (``load_model(..., backend=...)``; the
+export, its cache and the agreement check are in :mod:`models.onnx_backend`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -26,12 +30,14 @@ from PIL import Image
 
 from .errors import ModelError
 from .labels import imagenet_labels
+from .onnx_backend import Backend, OnnxSession, open_onnx_session
 from .preprocessing import IMAGENET_MEAN_STD, TF_MEAN_STD, Preprocessing
 
 if TYPE_CHECKING:
     from .training.checkpoints import Checkpoint
 
 __all__ = [
+    "Backend",
     "Device",
     "Prediction",
     "ImageClassifier",
@@ -46,6 +52,7 @@ __all__ = [
 CHECKPOINT_PREFIX = "checkpoint:"
 
 Device = Literal["cpu", "cuda"]
+ActiveBackend = Literal["torch", "onnxruntime"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class ImageClassifier:
     """A loaded classifier: module, class names and the preprocessing it expects.
 
     Made by :func:`load_model`, which checks that ``labels`` has one name per output
-    class. Inference is thread-safe (the module is only run, never changed).
+    class. Inference is thread-safe (the module is only run, never changed; an ONNX
+    Runtime session may run from several threads).
 
     Attributes:
         name: Registry name the model was loaded as.
@@ -79,8 +87,13 @@ class ImageClassifier:
         preprocessing: How images must be prepared for ``module``.
         device: ``"cpu"`` or ``"cuda"``.
         load_latency_ms: Wall time of the :func:`load_model` call that made it (imports,
-            build, weight loading, move to ``device``, one warm-up forward pass), in
-            milliseconds.
+            build, weight loading, move to ``device``, one warm-up forward pass; the ONNX
+            export and its agreement check when they ran), in milliseconds.
+        backend: What :meth:`predict_proba` runs: ``"torch"`` (``module``, eager) or
+            ``"onnxruntime"`` (``onnx_session``, exported from ``module``).
+        onnx_session: The ONNX Runtime session when ``backend == "onnxruntime"``
+            (its ``path``, ``providers``, ``intra_op_threads`` and ``agreement`` with
+            torch), else None.
     """
 
     name: str
@@ -89,6 +102,8 @@ class ImageClassifier:
     preprocessing: Preprocessing
     device: Device
     load_latency_ms: float
+    backend: ActiveBackend = "torch"
+    onnx_session: OnnxSession | None = field(default=None, repr=False)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised."""
@@ -97,27 +112,34 @@ class ImageClassifier:
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a preprocessed batch.
 
-        Runs under ``torch.inference_mode()``; also sets ``torch.set_flush_denormal(True)``
-        on the calling thread (a per-thread CPU setting; see :func:`load_model`).
+        Runs on :attr:`backend`: the torch module under ``torch.inference_mode()``, or the
+        ONNX Runtime session. Also sets ``torch.set_flush_denormal(True)`` on the calling
+        thread (a per-thread CPU setting; see :func:`load_model`).
 
         Args:
             batch: Float32 tensor ``(N, C, H, W)`` from :attr:`preprocessing`
                 (``C = preprocessing.channels``; any device; moved to :attr:`device`).
+                On ONNX Runtime ``H = W = preprocessing.crop_size`` (the exported size)
+                and ``N >= 1``.
 
         Returns:
             Float32 tensor ``(N, len(labels))`` on the CPU: softmax over the logits,
             each row sums to 1.
 
         Raises:
-            ValueError: ``batch`` is not ``(N, C, H, W)``.
+            ValueError: ``batch`` is not ``(N, C, H, W)`` (on ONNX Runtime: not
+                ``(N, C, crop_size, crop_size)``, or empty).
             ModelError: The module does not return logits ``(N, len(labels))``.
         """
         channels = self.preprocessing.channels
         if batch.ndim != 4 or batch.shape[1] != channels:
             raise ValueError(f"batch must be a (N, {channels}, H, W) tensor, got shape {tuple(batch.shape)}")
         torch.set_flush_denormal(True)
-        with torch.inference_mode():
-            logits = self.module(batch.to(self.device))
+        if self.onnx_session is not None:
+            logits = self.onnx_session.logits(batch)
+        else:
+            with torch.inference_mode():
+                logits = self.module(batch.to(self.device))
         expected = (batch.shape[0], len(self.labels))
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -296,15 +318,18 @@ def load_model(
     device: Device = "cpu",
     labels: Sequence[str] | None = None,
     num_classes: int | None = None,
+    backend: Backend = "auto",
+    intra_op_threads: int | None = None,
 ) -> ImageClassifier:
-    """Build a registered model, load its weights and check it.
+    """Build a registered model, load its weights, check it and pick its inference backend.
 
     Steps: build the module; move it to ``device``; load the state_dict from
     ``weights_path`` (``torch.load(..., map_location=device, weights_only=True)``; a raw
     state_dict or a dict holding it under ``"state_dict"`` or ``"model"``; strict key
     and shape match); switch to eval mode; for built-ins, store the weights
     channels-last (faster convolutions, same results); run one warm-up forward pass on zeros
-    ``(1, 3, crop, crop)`` to check the module returns ``(1, len(labels))`` logits.
+    ``(1, 3, crop, crop)`` to check the module returns ``(1, len(labels))`` logits; then
+    open the ONNX Runtime session when ``backend`` asks for it (see below).
     Calls ``torch.set_flush_denormal(True)`` on the calling thread first: untrained or
     random-weight models otherwise run up to ~20x slower on denormal floats (measured
     on these machines, /work/shared/ENVIRONMENT.md).
@@ -323,9 +348,24 @@ def load_model(
         num_classes: Output classes of a built-in architecture (e.g. a fine-tuned
             checkpoint); defaults to ``len(labels)`` when labels are given, else 1000.
             Not accepted for custom models (their factory decides).
+        backend: What runs inference. ``"torch"``: the module, eager (built-ins store
+            their weights channels-last). ``"onnxruntime"``: the module exported once to
+            ONNX (cached under ``$BUILDFLOW_CACHE_DIR/onnx`` or
+            ``~/.cache/buildflow/onnx``, keyed by a hash of the weights, architecture,
+            input size and versions) and run by an ONNX Runtime session (CPU, or CUDA
+            for ``device="cuda"``). ``"auto"`` (default): ONNX Runtime for the built-in
+            architectures when onnxruntime is installed and, on the packaged real
+            photos, its top-1 class equals torch's on every photo and its probabilities
+            differ by less than 1e-3 (checked once per exported file, stored beside
+            it); otherwise torch, with a logged warning saying why. Custom models and
+            checkpoints use torch under ``"auto"``. See :mod:`models.onnx_backend`.
+        intra_op_threads: Threads one forward pass uses. ONNX Runtime: the session's
+            ``intra_op_num_threads`` (default ``torch.get_num_threads()``, the cores
+            torch would use). torch: calls ``torch.set_num_threads(intra_op_threads)``,
+            a process-wide setting (default: left as it is).
 
     Returns:
-        The :class:`ImageClassifier`, its ``load_latency_ms`` set.
+        The :class:`ImageClassifier`, its ``load_latency_ms`` and ``backend`` set.
 
     Raises:
         ModelError: Unknown ``name`` (the message lists the available names); unknown
@@ -333,17 +373,25 @@ def load_model(
             ``weights_path`` missing where required, not a file, unreadable, or not
             matching the architecture; labels missing, empty, a single string, or not
             one per output class; ``num_classes`` given for a custom model; the module
-            fails to build or to run.
+            fails to build or to run; unknown ``backend`` or ``intra_op_threads < 1``;
+            ``backend="onnxruntime"`` and onnxruntime is not installed (or has no CUDA
+            provider for ``device="cuda"``), or the export fails.
     """
     start = time.perf_counter()
     _check_device(device)
+    _check_backend(backend, intra_op_threads)
     if name.startswith(CHECKPOINT_PREFIX):
         if weights_path is not None or labels is not None or num_classes is not None:
             raise ModelError(
                 f"{name!r} brings its own weights, labels and classes; do not pass "
                 "weights_path, labels or num_classes with a checkpoint"
             )
-        return load_checkpoint(name.removeprefix(CHECKPOINT_PREFIX), device=device)
+        return load_checkpoint(
+            name.removeprefix(CHECKPOINT_PREFIX),
+            device=device,
+            backend=backend,
+            intra_op_threads=intra_op_threads,
+        )
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ModelError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
@@ -373,8 +421,52 @@ def load_model(
             f"model {name!r} outputs {outputs} classes but labels has {len(label_tuple)} "
             "entries; pass one label per output class"
         )
+    return _with_backend(
+        ImageClassifier(name, module, label_tuple, entry.preprocessing, device, 0.0),
+        backend,
+        intra_op_threads,
+        auto_eligible=entry.imagenet,
+        start=start,
+    )
+
+
+def _check_backend(backend: str, intra_op_threads: int | None) -> None:
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise ModelError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
+    if intra_op_threads is not None and (
+        isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1
+    ):
+        raise ModelError(f"intra_op_threads must be a whole number of at least 1, got {intra_op_threads!r}")
+
+
+def _with_backend(
+    classifier: ImageClassifier,
+    backend: Backend,
+    intra_op_threads: int | None,
+    *,
+    auto_eligible: bool,
+    start: float,
+) -> ImageClassifier:
+    """``classifier`` on the backend :func:`models.onnx_backend.open_onnx_session` picks,
+    its ``load_latency_ms`` measured from ``start``."""
+    session = open_onnx_session(
+        classifier.name,
+        classifier.module,
+        classifier.preprocessing,
+        backend=backend,
+        device=classifier.device,
+        intra_op_threads=intra_op_threads,
+        auto_eligible=auto_eligible,
+    )
+    if session is None and intra_op_threads is not None:
+        torch.set_num_threads(intra_op_threads)
     load_latency_ms = (time.perf_counter() - start) * 1000.0
-    return ImageClassifier(name, module, label_tuple, entry.preprocessing, device, load_latency_ms)
+    return dataclasses.replace(
+        classifier,
+        load_latency_ms=load_latency_ms,
+        backend="torch" if session is None else "onnxruntime",
+        onnx_session=session,
+    )
 
 
 def _label_tuple(name: str, labels: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -556,7 +648,13 @@ def build_backbone(
     return module
 
 
-def load_checkpoint(uri: str, *, device: Device = "cpu") -> ImageClassifier:
+def load_checkpoint(
+    uri: str,
+    *,
+    device: Device = "cpu",
+    backend: Backend = "auto",
+    intra_op_threads: int | None = None,
+) -> ImageClassifier:
     """Load a checkpoint written by ``python -m models.training`` for serving.
 
     The architecture is rebuilt from the training config stored in the checkpoint (a
@@ -570,19 +668,26 @@ def load_checkpoint(uri: str, *, device: Device = "cpu") -> ImageClassifier:
             a full training checkpoint (``.../checkpoints/epoch-0010.pt``) or the final
             ``model.pt``.
         device: ``"cpu"`` or ``"cuda"``.
+        backend: As for :func:`load_model`, except that ``"auto"`` means torch here
+            (checkpoint architectures are not checked for export); ask for
+            ``"onnxruntime"`` explicitly.
+        intra_op_threads: As for :func:`load_model`.
 
     Returns:
         An :class:`ImageClassifier` named ``checkpoint:<uri>``, in eval mode.
 
     Raises:
         ModelError: The file does not exist or is not a checkpoint, its config is invalid,
-            or its weights do not fit the architecture.
+            or its weights do not fit the architecture; ``backend`` errors as for
+            :func:`load_model`.
     """
     start = time.perf_counter()
     _check_device(device)
+    _check_backend(backend, intra_op_threads)
     from .training.checkpoints import read_checkpoint
 
-    return _classifier_from_checkpoint(read_checkpoint(uri, device=device), device, start)
+    classifier = _classifier_from_checkpoint(read_checkpoint(uri, device=device), device, start)
+    return _with_backend(classifier, backend, intra_op_threads, auto_eligible=False, start=start)
 
 
 def _classifier_from_checkpoint(checkpoint: Checkpoint, device: Device, start: float) -> ImageClassifier:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import logging
 import time
 from typing import TYPE_CHECKING, Literal
 
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ImageClassificationProcessor"]
 
+logger = logging.getLogger(__name__)
+
+# One decoded image: (preprocessed tensor (C, crop, crop), width, height, decode ms).
+_Decoded = tuple[object, int, int, float]
+
 
 class ImageClassificationProcessor(buildflow.Processor):
     """Classifies every image uploaded to ``bucket_name`` into ``table_id``.
@@ -39,6 +45,11 @@ class ImageClassificationProcessor(buildflow.Processor):
         weights_path: State-dict file for models without bundled weights.
         top_k: Classes kept per image.
         device: ``cpu`` or ``cuda`` (an error if CUDA is not available).
+        backend: Inference backend, passed to ``models.load_model``: ``auto`` (default:
+            ONNX Runtime when it is installed and agrees with torch on the packaged real
+            photos, else torch), ``torch`` or ``onnxruntime``. The backend in use is
+            logged at setup and counted in the metrics as ``backend_torch`` or
+            ``backend_onnxruntime`` (1 per model load).
         max_pixels: Decompression-bomb limit, pixels (default: models.DEFAULT_MAX_PIXELS,
             Pillow's own limit).
         max_bytes: Largest file (object) classified, bytes (default:
@@ -46,7 +57,9 @@ class ImageClassificationProcessor(buildflow.Processor):
             bound on memory, as a micro-batch of 16 files is held at once). A larger file
             is dead-lettered with ``ImageFileTooLargeError``; when the event knows the
             object's size (bucket uploads) the file is not even read.
-        decode_threads: Threads that decode a micro-batch in parallel.
+        decode_threads: Threads that decode a micro-batch in parallel. Decoding starts as
+            soon as the runtime pulls a micro-batch (:meth:`prefetch`), so batch k+1 is
+            decoded while the model runs batch k.
         source: Another source of file events instead of the bucket, e.g.
             ``PubSubSubscription(...)`` whose messages carry images (``bucket_name`` then
             only names the default source and is not used).
@@ -66,6 +79,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         weights_path: str | None = None,
         top_k: int = 5,
         device: Literal["cpu", "cuda"] = "cpu",
+        backend: Literal["auto", "torch", "onnxruntime"] = "auto",
         max_pixels: int | None = None,
         max_bytes: int | None = None,
         decode_threads: int = 2,
@@ -79,11 +93,15 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.weights_path = weights_path
         self.top_k = top_k
         self.device = device
+        self.backend = backend
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.decode_threads = decode_threads
         self.model: ImageClassifier | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # id(event) -> (event, its decode future), filled by prefetch(), emptied by
+        # process_batch(); the event is kept so that a reused id() never matches.
+        self._prefetched: dict[int, tuple[FileEvent, concurrent.futures.Future[_Decoded]]] = {}
 
     def source(self) -> SourceDeclaration:
         if self._source is not None:
@@ -100,7 +118,9 @@ class ImageClassificationProcessor(buildflow.Processor):
             self.max_pixels = DEFAULT_MAX_PIXELS
         if self.max_bytes is None:
             self.max_bytes = DEFAULT_MAX_BYTES
-        self.model = load_model(self.model_name, weights_path=self.weights_path, device=self.device)
+        self.model = load_model(
+            self.model_name, weights_path=self.weights_path, device=self.device, backend=self.backend
+        )
         # One forward pass now, so the first real event does not pay for lazy allocation.
         import torch
 
@@ -110,13 +130,32 @@ class ImageClassificationProcessor(buildflow.Processor):
         )
         self.metrics.increment("model_loads")
         self.metrics.observe("load_model_latency_ms", self.model.load_latency_ms)
+        # Metrics hold numbers only: the backend in use is a counter named after it.
+        self.metrics.increment(f"backend_{self.model.backend}")
+        logger.info("model %r runs on %s", self.model.name, self.model.backend)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
 
     def teardown(self) -> None:
+        self._prefetched.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _decode(self, event: FileEvent) -> tuple[object, int, int, float]:
+    def prefetch(self, events: list[FileEvent]) -> None:
+        """Start decoding a micro-batch on the decode pool as soon as it is pulled (see
+        :meth:`buildflow.Processor.prefetch`); :meth:`process_batch` collects the results."""
+        if self._pool is None:
+            return
+        for event in events:
+            self._prefetched[id(event)] = (event, self._pool.submit(self._decode, event))
+
+    def _decode_future(self, event: FileEvent) -> concurrent.futures.Future[_Decoded]:
+        assert self._pool is not None
+        entry = self._prefetched.pop(id(event), None)
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        return self._pool.submit(self._decode, event)  # not prefetched: a retry, or isolation
+
+    def _decode(self, event: FileEvent) -> _Decoded:
         from models import check_file_size, decode_image
 
         assert self.model is not None and self.max_pixels is not None and self.max_bytes is not None
@@ -136,8 +175,8 @@ class ImageClassificationProcessor(buildflow.Processor):
 
     def process_batch(self, events: list[FileEvent]) -> list[ImageClassificationRow | Exception]:
         assert self.model is not None and self._pool is not None
-        futures = [self._pool.submit(self._decode, e) for e in events]
-        decoded: list[tuple[object, int, int, float] | Exception] = []
+        futures = [self._decode_future(e) for e in events]
+        decoded: list[_Decoded | Exception] = []
         for f in futures:
             try:
                 decoded.append(f.result())
