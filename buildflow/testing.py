@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 _SINK_ROWS: dict[str, list[OutputRecord]] = collections.defaultdict(list)
+# (event_id, row_index) of every row in _SINK_ROWS[name]: the sink's idempotence, O(1) a row.
+_SINK_KEYS: dict[str, set[tuple[str, int]]] = collections.defaultdict(set)
 _LOCK = threading.Lock()
 _ids = itertools.count(1)
 
@@ -170,8 +172,12 @@ class _Sink(SinkRuntime):
 
     async def write(self, records: Sequence[OutputRecord]) -> None:
         with _LOCK:
-            have = {(r.event_id, r.row_index) for r in _SINK_ROWS[self.name]}
-            _SINK_ROWS[self.name].extend(r for r in records if (r.event_id, r.row_index) not in have)
+            have, rows = _SINK_KEYS[self.name], _SINK_ROWS[self.name]
+            for r in records:
+                key = (r.event_id, r.row_index)
+                if key not in have:
+                    have.add(key)
+                    rows.append(r)
 
 
 class InMemorySourceProvider(SourceProvider):
@@ -245,6 +251,8 @@ def run_processor(
     with _LOCK:
         rows = _SINK_ROWS.pop(key, [])
         dead = _SINK_ROWS.pop(f"{key}.dead_letters", [])
+        _SINK_KEYS.pop(key, None)
+        _SINK_KEYS.pop(f"{key}.dead_letters", None)
     return TestRun(
         rows=[{**r.values, "_event_id": r.event_id, "_row_index": r.row_index} for r in rows],
         dead_letters=[r.values for r in dead],

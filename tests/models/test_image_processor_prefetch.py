@@ -42,9 +42,7 @@ class _Recording(ImageClassificationProcessor):
 def test_next_batch_is_decoded_while_the_model_runs_and_each_image_once() -> None:
     good = sample_images.jpeg()
     names = [f"img-{i:02d}.jpg" for i in range(48)]
-    events = [
-        gcs_file_event(n, sample_images.truncated_jpeg() if n == "img-20.jpg" else good) for n in names
-    ]
+    events = [gcs_file_event(n, sample_images.truncated_jpeg() if n == "img-20.jpg" else good) for n in names]
     processor = _Recording(bucket_name="photos", table_id="demo.predictions", backend="torch")
     result = run_processor(processor, events)
 
@@ -67,7 +65,9 @@ def test_next_batch_is_decoded_while_the_model_runs_and_each_image_once() -> Non
 
 @pytest.mark.slow
 def test_events_that_were_not_prefetched_are_decoded_in_process_batch() -> None:
-    processor = ImageClassificationProcessor(bucket_name="photos", table_id="demo.predictions", backend="torch")
+    processor = ImageClassificationProcessor(
+        bucket_name="photos", table_id="demo.predictions", backend="torch"
+    )
     processor.setup()
     try:
         event = gcs_file_event("chelsea.jpg", sample_images.jpeg())
