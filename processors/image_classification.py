@@ -83,6 +83,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         max_pixels: int | None = None,
         max_bytes: int | None = None,
         decode_threads: int = 2,
+        inference_threads: int | None = None,
         source: SourceDeclaration | None = None,
     ) -> None:
         self._source = source
@@ -97,6 +98,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.decode_threads = decode_threads
+        self.inference_threads = inference_threads
         self.model: ImageClassifier | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         # id(event) -> (event, its decode future), filled by prefetch(), emptied by
@@ -119,7 +121,11 @@ class ImageClassificationProcessor(buildflow.Processor):
         if self.max_bytes is None:
             self.max_bytes = DEFAULT_MAX_BYTES
         self.model = load_model(
-            self.model_name, weights_path=self.weights_path, device=self.device, backend=self.backend
+            self.model_name,
+            weights_path=self.weights_path,
+            device=self.device,
+            backend=self.backend,
+            intra_op_threads=self.inference_threads,
         )
         # One forward pass now, so the first real event does not pay for lazy allocation.
         import torch

@@ -43,10 +43,11 @@ from buildflow.schema import SchemaField, TableSchema, diff_schemas
 
 __all__ = ["DuckDBTableProvider", "duckdb_type", "parse_duckdb_type", "create_table_sql"]
 
-#: Close the file when no write came for this long, seconds.
-IDLE_CLOSE_S = 0.1
-#: Longest a busy sink keeps the file open before letting readers in, seconds.
-HOLD_MAX_S = 1.0
+#: Close the file when no write came for this long, seconds. Closing checkpoints the
+#: write-ahead log into the file (~13 ms here) and the next write opens it again (~20 ms).
+IDLE_CLOSE_S = 0.5
+#: Longest a busy sink keeps the file open before letting other processes in, seconds.
+HOLD_MAX_S = 2.0
 #: Pause after such a release before the sink opens the file again, seconds: long enough for
 #: a reader retrying every 10 ms (see _Target.connect) to open it.
 READER_WINDOW_S = 0.03
@@ -236,11 +237,30 @@ class _Target:
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False, wait_s: float = 0.0) -> Iterator[Any]:
-        """:meth:`open`, closed when the block ends."""
-        con = self.open(read_only=read_only, wait_s=wait_s)
+        """:meth:`open`, closed when the block ends.
+
+        ``read_only`` in a process that already has the file open for writing (a running
+        sink, e.g. under ``buildflow run --ui``): DuckDB refuses a read-only connection
+        beside a read-write one of the same process, so this opens a read-write
+        connection to the same database instance and runs the block in a ``BEGIN
+        TRANSACTION READ ONLY`` (any write in it fails), rolled back at the end.
+        """
+        duckdb = _duckdb()
+        in_transaction = False
+        try:
+            con = self.open(read_only=read_only, wait_s=wait_s)
+        except duckdb.ConnectionException as e:
+            if not (read_only and "different configuration" in str(e)):
+                raise
+            con = self.open(read_only=False, wait_s=wait_s)
+            con.execute("BEGIN TRANSACTION READ ONLY")
+            in_transaction = True
         try:
             yield con
         finally:
+            if in_transaction:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
             con.close()
 
     def existing_columns(self, con: Any) -> list[tuple[str, str, bool]] | None:
