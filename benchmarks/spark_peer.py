@@ -100,6 +100,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.suite import percentiles
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "efficientnet_lite0"
 TOP_K = 5
@@ -600,16 +602,6 @@ def run_spark_throughput(
     }
 
 
-def _percentiles(xs: list[float]) -> dict[str, float]:
-    """Nearest-rank p50/p95/p99 of ``xs`` (ms), the same rule as ``benchmarks.suite``."""
-    s = sorted(xs)
-
-    def q(p: float) -> float:
-        return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))]
-
-    return {"p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "n": len(s)}
-
-
 def run_spark_latency(
     work_dir: Path,
     photos: list[bytes],
@@ -723,7 +715,7 @@ def run_spark_latency(
     durations = _batch_durations_ms(progress, after_batch_id=warm_batches - 1)
     return {
         "rate_per_s": rate_per_s,
-        **_percentiles(lat),
+        **percentiles(lat),  # the same nearest-rank rule as ours
         "mean_ms": sum(lat) / len(lat),
         "max_ms": max(lat),
         "micro_batches": sink.batches - warm_batches,  # the measured drops' only
