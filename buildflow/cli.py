@@ -277,8 +277,10 @@ def _print_summary(summary: RunSummary) -> None:
         )
     out.print(table)
     first = f"{summary.first_row_s:.2f} s" if summary.first_row_s is not None else "-"
+    busy = summary.busy_events_per_s
+    busy_s = f" ({busy:.1f}/s until the last write)" if busy is not None else ""
     out.print(
-        f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s, first row after "
+        f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s{busy_s}, first row after "
         f"{first}, peak RSS {summary.peak_rss_mb:.0f} MB, max event-loop lag "
         f"{summary.loop_lag_max_ms:.0f} ms"
     )

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -225,11 +226,12 @@ def _import_onnxruntime() -> ModuleType | None:
 
 
 def _onnx_version() -> str:
+    """The installed onnx version, from its package metadata ("" when not installed):
+    importing onnx only for its version would cost about 1 s at every model load."""
     try:
-        import onnx
-    except ImportError:
+        return importlib.metadata.version("onnx")
+    except importlib.metadata.PackageNotFoundError:
         return ""
-    return str(onnx.__version__)
 
 
 def open_onnx_session(

@@ -93,6 +93,8 @@ class ProcessorStats:
     backlog: int | None = None
     first_row_s: float | None = None
     first_row_at: float | None = None  # wall clock (epoch seconds) of the first row written
+    last_write_s: float | None = None  # run clock of the last sink write (rows or dead letters)
+    setup_s: float | None = None  # wall time of setup(): model load, imports, warm-up
     latencies_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -135,7 +137,21 @@ class RunSummary:
 
     @property
     def events_per_s(self) -> float:
+        """Events over the whole run (``elapsed_s``: includes an until-idle grace and the drain)."""
         return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def last_write_s(self) -> float | None:
+        lasts = [p.last_write_s for p in self.processors if p.last_write_s is not None]
+        return max(lasts) if lasts else None
+
+    @property
+    def busy_events_per_s(self) -> float | None:
+        """Events per second from the run's start (after setup) to its last sink write: the
+        throughput of the work itself, without the idle grace of ``until_idle`` and the
+        shutdown that ``events_per_s`` also counts. None before the first write."""
+        last = self.last_write_s
+        return self.events / last if last else None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -149,6 +165,8 @@ class RunSummary:
             dead_letters=self.dead_letters,
             first_row_s=self.first_row_s,
             events_per_s=self.events_per_s,
+            last_write_s=self.last_write_s,
+            busy_events_per_s=self.busy_events_per_s,
         )
         return d
 

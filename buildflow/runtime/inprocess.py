@@ -145,7 +145,8 @@ class _Worker:
         await self.thread.run(processor.setup)
         self.set_up = True
         self.stats.setup_calls += 1
-        log.info("processor %s ready: setup() took %.2f s", self.spec.name, time.monotonic() - t0)
+        self.stats.setup_s = time.monotonic() - t0
+        log.info("processor %s ready: setup() took %.2f s", self.spec.name, self.stats.setup_s)
 
     async def close(self) -> None:
         if self.set_up:
@@ -365,6 +366,7 @@ class _Worker:
             self.stats.sink_writes += 1
             self.stats.rows += len(result.records)
             self.stats.dead_letters += len(result.dead)
+            self.stats.last_write_s = now - self.run.started
             if result.records and self.stats.first_row_s is None:
                 self.stats.first_row_s = now - self.run.started
                 self.stats.first_row_at = time.time()

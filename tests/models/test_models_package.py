@@ -35,6 +35,19 @@ def test_imagenet_labels_are_the_1000_classes_in_index_order() -> None:
     assert imagenet_labels() is labels  # cached
 
 
+def test_imagenet_labels_read_from_source_equal_torchvisions_and_skip_its_import() -> None:
+    code = (
+        "import sys; from models import imagenet_labels; labels = imagenet_labels(); "
+        "print('torchvision' in sys.modules); "
+        "from torchvision.models import MobileNet_V2_Weights as W; "
+        "print(labels == tuple(W.IMAGENET1K_V1.meta['categories']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout == "False\nTrue\n"
+
+
 def test_dog_and_cat_ranges() -> None:
     labels = imagenet_labels()
     assert (labels[DOG_CLASS_INDICES[0]], labels[DOG_CLASS_INDICES[-1]]) == (
