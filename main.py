@@ -6,7 +6,9 @@
 
 Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
 ``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
-``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models).
+``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models),
+``DECODE_THREADS`` (default 2) and ``INFERENCE_THREADS`` (default: torch's thread count,
+the number of cores).
 """
 
 import os
@@ -25,6 +27,8 @@ app.add(
         table_id=f"{GCP_PROJECT}.image_classification.predictions",
         model_name=os.environ.get("MODEL_NAME", "efficientnet_lite0"),
         weights_path=os.environ.get("MODEL_WEIGHTS"),
+        decode_threads=int(os.environ.get("DECODE_THREADS", "2")),
+        inference_threads=int(os.environ["INFERENCE_THREADS"]) if os.environ.get("INFERENCE_THREADS") else None,
     )
 )
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import json
 import os
@@ -167,6 +168,17 @@ def _written(state: Path, env: dict[str, str]) -> dict[str, float]:
     return {r["image_name"]: r["ms"] / 1000 for r in json.loads(proc.stdout)}
 
 
+def _acked(state: Path) -> int:
+    """Events the local bucket's subscription has acked (its SQLite file), 0 before any."""
+    import sqlite3
+
+    total = 0
+    for path in (state / "subscriptions").glob("*.sqlite3"):
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            total += db.execute("SELECT count(*) FROM acked").fetchone()[0]
+    return total
+
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     """Nearest-rank p50/p95/p99 of ``xs`` (milliseconds in, milliseconds out)."""
     s = sorted(xs)
@@ -211,16 +223,19 @@ def ours_latency(
                 tmp.write_bytes(data)
                 os.rename(tmp, bucket / name)
                 dropped[name] = time.time()
+            # Wait on the subscription's ack count (acks follow the sink write): one SQLite
+            # read per poll, where a `buildflow query` process would compete for the cores.
             deadline = time.monotonic() + 120
-            written: dict[str, float] = {}
-            while len(written) < len(images):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(written)} of {len(images)} rows after 120 s")
-                time.sleep(0.5)
-                written = _written(state, env)
+            while _acked(state) < len(images):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"only {_acked(state)} of {len(images)} events acked")
+                time.sleep(0.05)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+    written = _written(state, env)
+    if len(written) < len(images):
+        raise RuntimeError(f"{len(images)} events acked but {len(written)} rows in the table")
     lat = [(written[n] - dropped[n]) * 1000 for n in dropped]
     return {"rate_per_s": rate, **percentiles(lat)}
 

@@ -38,7 +38,10 @@ class Processor:
             Default: the class name.
         max_batch_size: Largest micro-batch the runtime forms (events).
         max_batch_latency_ms: Longest the runtime waits, after the first event of a
-            micro-batch arrives, for the batch to fill (milliseconds).
+            micro-batch arrives, for the batch to fill while the processor is busy with
+            an earlier batch (milliseconds). When the processor is idle, the events
+            already pulled go at once: waiting would only add latency, and batches grow
+            by themselves under load (the events that arrive while a batch runs).
         max_attempts: Times ``process`` is tried for one event before it is dead-lettered
             with every attempt's error (1: no retry, for deterministic failures such as a
             corrupt image; raise it when processing calls a flaky service).

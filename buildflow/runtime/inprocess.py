@@ -127,6 +127,7 @@ class _Worker:
         self.pull_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=options.max_inflight_batches)
         self.write_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=options.max_inflight_batches)
         self.inflight = 0  # batches pulled and not yet acked
+        self.processing = False  # the worker thread is in process_batch()
         self.source: SourceRuntime[Any] | None = None
         self.sink: SinkRuntime | None = None
         self.dl_sink: SinkRuntime | None = None
@@ -186,6 +187,10 @@ class _Worker:
                     if got:
                         batch.extend(got)
                         first_at = first_at or time.monotonic()
+                        if self.pull_q.empty() and not self.processing:
+                            # Nothing to wait for: the processor is idle, so the events
+                            # there now go at once. Batches grow while it is busy.
+                            break
                 if batch:
                     self.stats.events += len(batch)
                     self.inflight += 1
@@ -211,7 +216,11 @@ class _Worker:
                 batch = await self.pull_q.get()
                 if batch is _DONE:
                     return
-                result = await self.thread.run(functools.partial(self._process_sync, batch))
+                self.processing = True
+                try:
+                    result = await self.thread.run(functools.partial(self._process_sync, batch))
+                finally:
+                    self.processing = False
                 await self.write_q.put(result)
         finally:
             await self._put_done(self.write_q)

@@ -289,8 +289,10 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         async for changes in watchfiles.awatch(
             self.root,
             stop_event=self._stop_watch,
-            step=20,
-            debounce=100,
+            # Yield a change within 30 ms of it (debounce), or 10 ms after the last one:
+            # the settle time below, not the watch, decides when a file is complete.
+            step=10,
+            debounce=30,
             recursive=True,
             force_polling=force_polling,
             poll_delay_ms=50,
