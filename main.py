@@ -28,7 +28,7 @@ app.add(
         model_name=os.environ.get("MODEL_NAME", "efficientnet_lite0"),
         weights_path=os.environ.get("MODEL_WEIGHTS"),
         decode_threads=int(os.environ.get("DECODE_THREADS", "2")),
-        inference_threads=int(os.environ["INFERENCE_THREADS"]) if os.environ.get("INFERENCE_THREADS") else None,
+        inference_threads=int(os.environ["INFERENCE_THREADS"]) if "INFERENCE_THREADS" in os.environ else None,
     )
 )
 
