@@ -47,6 +47,14 @@ class Processor:
             corrupt image; raise it when processing calls a flaky service).
         retry_backoff_ms: Wait before the second attempt; doubles for each further one.
 
+    Scale-out (read by the Ray runtime, ``buildflow run --runtime ray``; the in-process
+    runtime runs one replica and ignores them):
+        num_replicas: Replicas (Ray actors) to run, each with its own ``setup()``.
+        min_replicas / max_replicas: Set both to let the runtime scale between them from
+            the backlog (``num_replicas`` is then the starting count, clamped to the range).
+        num_cpus / num_gpus: Ray resources one replica asks for (fractions allowed: Ray
+            schedules by them, it does not pin threads).
+
     Example::
 
         class Classify(buildflow.Processor):
@@ -68,6 +76,11 @@ class Processor:
     max_batch_latency_ms: ClassVar[int] = 50
     max_attempts: ClassVar[int] = 1
     retry_backoff_ms: ClassVar[int] = 100
+    num_replicas: ClassVar[int] = 1
+    min_replicas: ClassVar[int | None] = None
+    max_replicas: ClassVar[int | None] = None
+    num_cpus: ClassVar[float] = 1.0
+    num_gpus: ClassVar[float] = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -343,6 +356,20 @@ def inspect_processor(processor: Processor) -> ProcessorSpec:
             f"processor {name}: max_batch_size and max_attempts must be >= 1 and "
             f"max_batch_latency_ms >= 0 (got {processor.max_batch_size!r}, "
             f"{processor.max_attempts!r}, {processor.max_batch_latency_ms!r})."
+        )
+    lo, hi = processor.min_replicas, processor.max_replicas
+    if (
+        processor.num_replicas < 1
+        or (lo is None) != (hi is None)
+        or (lo is not None and hi is not None and not 1 <= lo <= hi)
+        or processor.num_cpus < 0
+        or processor.num_gpus < 0
+    ):
+        raise ProcessorDefinitionError(
+            f"processor {name}: need num_replicas >= 1, min_replicas and max_replicas both set "
+            f"(1 <= min <= max) or both unset, num_cpus >= 0 and num_gpus >= 0 (got "
+            f"num_replicas={processor.num_replicas!r}, min_replicas={lo!r}, max_replicas={hi!r}, "
+            f"num_cpus={processor.num_cpus!r}, num_gpus={processor.num_gpus!r})."
         )
     return ProcessorSpec(
         name=name,

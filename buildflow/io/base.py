@@ -206,7 +206,15 @@ class SinkRuntime(ABC):
 
 
 class SourceProvider(ABC):
-    """A source declaration bound to an environment. Picklable."""
+    """A source declaration bound to an environment. Picklable.
+
+    ``shared_consumers``: True when several processes may open the source for the same
+    consumer at once and the service spreads the events over them (a Pub/Sub
+    subscription, a Kafka consumer group). Otherwise a scale-out runtime opens it once
+    and hands its events to the replicas.
+    """
+
+    shared_consumers: ClassVar[bool] = False
 
     def __init__(self, declaration: SourceDeclaration, environment: Environment) -> None:
         self.declaration = declaration
@@ -232,7 +240,14 @@ class SourceProvider(ABC):
 
 
 class SinkProvider(ABC):
-    """A sink declaration bound to an environment. Picklable."""
+    """A sink declaration bound to an environment. Picklable.
+
+    ``concurrent_writers``: True when several processes may write at once (BigQuery,
+    PostgreSQL, Kafka). Otherwise (an embedded DuckDB file: one writing process at a
+    time) a scale-out runtime opens it once and sends the replicas' rows to it.
+    """
+
+    concurrent_writers: ClassVar[bool] = False
 
     def __init__(self, declaration: SinkDeclaration, environment: Environment) -> None:
         self.declaration = declaration

@@ -333,6 +333,7 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
 
 
 class KafkaSourceProvider(SourceProvider):
+    shared_consumers = True
     declaration: KafkaTopic
 
     def group_id(self, consumer: str) -> str:
@@ -406,6 +407,7 @@ class KafkaSink(SinkRuntime):
 
 
 class KafkaSinkProvider(SinkProvider):
+    concurrent_writers = True
     declaration: KafkaTopic
 
     def resources(self, schema: TableSchema) -> list[Resource]:

@@ -543,6 +543,8 @@ class PostgresSink(SinkRuntime):
 class PostgresTableProvider(SinkProvider):
     """Binds :class:`PostgresTable` to its database (the same in every environment)."""
 
+    concurrent_writers = True
+
     declaration: PostgresTable
 
     def resolved_dsn(self) -> str:

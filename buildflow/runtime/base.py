@@ -95,6 +95,12 @@ class ProcessorStats:
     first_row_at: float | None = None  # wall clock (epoch seconds) of the first row written
     last_write_s: float | None = None  # run clock of the last sink write (rows or dead letters)
     setup_s: float | None = None  # wall time of setup(): model load, imports, warm-up
+    # scale-out runtimes (Ray): replicas running now, started in all, died (and replaced),
+    # and per replica {"replica", "state", "events", "rows", "dead_letters", "model_loads", ...}
+    replicas: int | None = None
+    replicas_started: int | None = None
+    replicas_died: int = 0
+    per_replica: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     latencies_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 

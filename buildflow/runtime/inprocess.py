@@ -470,6 +470,11 @@ class _Run:
 class InProcessRuntime(Runtime):
     """Runs every processor of an app in this process, on one asyncio event loop."""
 
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._active: _Run | None = None
+        self._early_stop: StopReason | None = None
+
     def run(
         self,
         processors: Sequence[BoundProcessor],
@@ -477,6 +482,28 @@ class InProcessRuntime(Runtime):
         on_progress: Callable[[list[ProcessorStats], float], None] | None = None,
     ) -> RunSummary:
         return asyncio.run(self._run(processors, options, on_progress))
+
+    def request_stop(self, reason: StopReason = "signal", *, hard: bool = False) -> None:
+        """Ask the run in progress to drain and stop, as a first SIGTERM would (``hard``:
+        as a second one: stop now, unfinished events are redelivered). Thread-safe: for a
+        supervisor, e.g. a Ray replica asked to stop. Before the run starts, the request
+        is kept and applied at its start."""
+
+        def apply() -> None:
+            run = self._active
+            if run is None:
+                return
+            run.request_stop(reason)
+            if hard:
+                run.stop_reason = "hard-stop"
+                run.hard.set()
+
+        loop = self._loop
+        if loop is None or self._active is None:
+            self._early_stop = reason
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
+            loop.call_soon_threadsafe(apply)
 
     async def _run(
         self,
@@ -486,6 +513,9 @@ class InProcessRuntime(Runtime):
     ) -> RunSummary:
         loop = asyncio.get_running_loop()
         run = _Run(options)
+        self._loop, self._active = loop, run
+        if self._early_stop is not None:
+            run.request_stop(self._early_stop)
         workers = [_Worker(b, options, run) for b in processors]
         installed: list[int] = []
         if options.handle_signals:

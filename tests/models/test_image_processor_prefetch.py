@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import Any
@@ -79,3 +81,25 @@ def test_events_that_were_not_prefetched_are_decoded_in_process_batch() -> None:
         assert processor._prefetched == {}
     finally:
         processor.teardown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_decode_threads_run_below_the_inference_thread_priority() -> None:
+    """Decoding yields the cores to inference (decode_nice); 0 leaves them alone."""
+
+    def niceness(processor: ImageClassificationProcessor) -> tuple[int, int]:
+        processor.setup()
+        try:
+            assert processor._pool is not None
+            tid = processor._pool.submit(threading.get_native_id).result()
+            return os.getpriority(os.PRIO_PROCESS, tid), os.getpriority(
+                os.PRIO_PROCESS, threading.get_native_id()
+            )
+        finally:
+            processor.teardown()
+
+    kw: dict[str, Any] = {"bucket_name": "photos", "table_id": "demo.predictions", "backend": "torch"}
+    decode, caller = niceness(ImageClassificationProcessor(**kw, decode_threads=1))
+    assert decode == min(19, caller + 10)
+    decode, caller = niceness(ImageClassificationProcessor(**kw, decode_threads=1, decode_nice=0))
+    assert decode == caller

@@ -705,6 +705,8 @@ class BigQuerySink(SinkRuntime):
 class BigQueryTableProvider(SinkProvider):
     """Binds :class:`BigQueryTable` to ``gcp`` or ``emulator``."""
 
+    concurrent_writers = True
+
     declaration: BigQueryTable
 
     @property

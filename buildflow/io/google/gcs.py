@@ -266,6 +266,8 @@ class GCSNotificationResource(Resource):
 class GCSFileStreamProvider(SourceProvider):
     """Binds :class:`GCSFileStream` to ``gcp`` or ``emulator``."""
 
+    shared_consumers = True
+
     declaration: GCSFileStream
 
     @property

@@ -336,6 +336,8 @@ class PubSubSubscriptionProvider(SourceProvider):
     """Binds :class:`buildflow.io.PubSubSubscription` to ``gcp`` or ``emulator``; ``plan``
     manages the topic and the subscription."""
 
+    shared_consumers = True
+
     declaration: PubSubSubscription
 
     def resources(self, consumer: str) -> list[Resource]:
