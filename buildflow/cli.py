@@ -245,6 +245,13 @@ class _Progress:
                 f"{self._rate.get(s.name, 0.0):.1f} events/s, "
                 f"backlog {s.backlog if s.backlog is not None else '?'}"
                 + (f", model loads {int(loads)}" if loads is not None else "")
+                + (
+                    f", replicas {s.replicas} (model loads "
+                    + "+".join(str(int(r["model_loads"] or 0)) for r in s.per_replica)
+                    + ")"
+                    if s.replicas is not None
+                    else ""
+                )
             )
         return Text(f"[{elapsed:6.1f}s] " + " | ".join(parts))
 
@@ -276,6 +283,32 @@ def _print_summary(summary: RunSummary) -> None:
             f"{p95:.0f}" if p95 is not None else "-",
         )
     out.print(table)
+    replicas = [(s.name, r) for s in summary.processors for r in s.per_replica]
+    if replicas:
+        per = Table(title="replicas", title_justify="left")
+        for col in (
+            "processor",
+            "replica",
+            "state",
+            "events",
+            "rows",
+            "dead letters",
+            "model loads",
+            "peak RSS MB",
+        ):
+            per.add_column(col, justify="left" if col in ("processor", "replica", "state") else "right")
+        for name, r in replicas:
+            per.add_row(
+                name,
+                str(r["replica"]),
+                str(r["state"]),
+                str(r["events"]),
+                str(r["rows"]),
+                str(r["dead_letters"]),
+                str(int(r["model_loads"] or 0)),
+                f"{r.get('peak_rss_mb', 0):.0f}",
+            )
+        out.print(per)
     first = f"{summary.first_row_s:.2f} s" if summary.first_row_s is not None else "-"
     busy = summary.busy_events_per_s
     busy_s = f" ({busy:.1f}/s until the last write)" if busy is not None else ""
@@ -363,10 +396,34 @@ def run_cmd(
     ui_max_upload_mb: Annotated[
         float, typer.Option("--ui-max-upload-mb", min=0.001, help="Largest file the page accepts, MiB.")
     ] = 20.0,
+    runtime_name: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            envvar="BUILDFLOW_RUNTIME",
+            help="inprocess (default: one process) or ray (replicas on a Ray cluster; pip install "
+            "'buildflow[ray]').",
+        ),
+    ] = "inprocess",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --runtime ray: auto (the cluster `ray start` made here), ray://host:port or "
+            "host:port. Default: a new local Ray instance, never an unrelated running cluster.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas", min=1, help="With --runtime ray: replicas of every processor (no autoscaling)."
+        ),
+    ] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
     _configure_logging(log_level)
+    from buildflow.runtime.base import Runtime
     from buildflow.runtime.inprocess import InProcessRuntime
 
     try:
@@ -375,9 +432,22 @@ def run_cmd(
         bound = node.bind(environment)
     except BuildflowError as e:
         raise _fail(e) from e
+    runtime: Runtime
+    if runtime_name == "ray":
+        from buildflow.runtime.ray_runtime import RayRuntime
+
+        runtime = RayRuntime(address, working_dir=node.app_dir, replicas=replicas)
+    elif runtime_name == "inprocess":
+        if address is not None or replicas is not None:
+            raise _fail(BuildflowError("--address and --replicas need --runtime ray"))
+        runtime = InProcessRuntime()
+    else:
+        raise _fail(BuildflowError(f"unknown runtime {runtime_name!r}: use inprocess or ray"))
     options = RunOptions(until_idle=until_idle, max_events=max_events, drain_timeout_s=drain_timeout_s)
     err.print(
-        f"running {node.name!r} in {environment.name!r}: "
+        f"running {node.name!r} in {environment.name!r}"
+        + (" on ray" if runtime_name == "ray" else "")
+        + ": "
         + ", ".join(f"{b.name} ({b.spec.source.describe()} -> {b.spec.sink.describe()})" for b in bound)
         + (" until idle" if until_idle else "; Ctrl-C to stop")
     )
@@ -387,7 +457,7 @@ def run_cmd(
         if live_on:
             line = _Progress()
             with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
-                summary = InProcessRuntime().run(
+                summary = runtime.run(
                     bound, options, on_progress=_also(on_ui, lambda s, t: live.update(line.text(s, t)))
                 )
         elif progress:  # not a terminal (logs, CI): the same line, logged every 10 s
@@ -398,9 +468,11 @@ def run_cmd(
                     last[0] = elapsed
                     log.info("%s", line.text(stats, elapsed).plain)
 
-            summary = InProcessRuntime().run(bound, options, on_progress=_also(on_ui, log_progress))
+            summary = runtime.run(bound, options, on_progress=_also(on_ui, log_progress))
         else:
-            summary = InProcessRuntime().run(bound, options, on_progress=on_ui)
+            summary = runtime.run(bound, options, on_progress=on_ui)
+    except BuildflowError as e:  # e.g. Ray missing or its cluster unreachable
+        raise _fail(e) from e
     finally:
         if ui_server is not None:
             ui_server.stop()

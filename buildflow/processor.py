@@ -86,11 +86,12 @@ class Processor:
         super().__init_subclass__(**kwargs)
         if inspect.isabstract(cls) or cls.__dict__.get("_abstract_processor", False):
             return
-        if cls.process is Processor.process and cls.process_batch is Processor.process_batch:
-            raise ProcessorDefinitionError(
-                f"processor {cls.__qualname__} defines neither process(self, event) nor "
-                "process_batch(self, events); define one of them."
-            )
+        if all(k.startswith("__") for k in cls.__dict__):
+            # No body (yet): cloudpickle rebuilds a class defined in a function (how Ray
+            # ships it to a replica) as an empty skeleton and fills it in afterwards.
+            # An empty subclass written by hand is caught by inspect_processor instead.
+            return
+        _check_defines_process(cls)
 
     def source(self) -> SourceDeclaration:
         """Where events come from, e.g. ``GCSFileStream(bucket_name=...)``."""
@@ -236,6 +237,14 @@ class ProcessorSpec:
     max_batch_latency_ms: int
 
 
+def _check_defines_process(cls: type[Processor]) -> None:
+    if cls.process is Processor.process and cls.process_batch is Processor.process_batch:
+        raise ProcessorDefinitionError(
+            f"processor {cls.__qualname__} defines neither process(self, event) nor "
+            "process_batch(self, events); define one of them."
+        )
+
+
 def _strip(tp: Any) -> list[Any]:
     """Members of a Union (or the type itself), without None and Exception types."""
     origin = typing.get_origin(tp)
@@ -311,6 +320,7 @@ def inspect_processor(processor: Processor) -> ProcessorSpec:
         batched = processor.batched
         where = f"processor function {name}()"
     else:
+        _check_defines_process(type(processor))
         batched = type(processor).process_batch is not Processor.process_batch
         fn = processor.process_batch if batched else processor.process
         where = f"{type(processor).__qualname__}.{fn.__name__}()"

@@ -35,12 +35,14 @@ from buildflow.io.base import (
 )
 from buildflow.processor import Processor, inspect_processor
 from buildflow.provisioning import Resource
-from buildflow.runtime.base import BoundProcessor, RunOptions, RunSummary
+from buildflow.runtime.base import BoundProcessor, RunOptions, RunSummary, Runtime
 from buildflow.schema import TableSchema
 
 __all__ = [
     "InMemorySource",
     "InMemorySink",
+    "CollectedSinkProvider",
+    "RowCollector",
     "TestRun",
     "run_processor",
     "gcs_file_event",
@@ -180,6 +182,35 @@ class _Sink(SinkRuntime):
                     rows.append(r)
 
 
+class RowCollector:
+    """Keeps the rows of :class:`InMemorySink` s written from other processes (as a Ray
+    actor, for runs on the Ray runtime): the fake on the far side of the sink."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[OutputRecord]] = collections.defaultdict(list)
+        self._keys: dict[str, set[tuple[str, int]]] = collections.defaultdict(set)
+
+    def write(self, name: str, records: list[OutputRecord]) -> None:
+        have, rows = self._keys[name], self._rows[name]
+        for r in records:
+            if (r.event_id, r.row_index) not in have:
+                have.add((r.event_id, r.row_index))
+                rows.append(r)
+
+    def take(self, name: str) -> list[OutputRecord]:
+        self._keys.pop(name, None)
+        return self._rows.pop(name, [])
+
+
+class _CollectedSink(SinkRuntime):
+    def __init__(self, name: str, collector: Any) -> None:
+        self.name = name
+        self.collector = collector
+
+    async def write(self, records: Sequence[OutputRecord]) -> None:
+        await self.collector.write.remote(self.name, list(records))
+
+
 class InMemorySourceProvider(SourceProvider):
     declaration: InMemorySource
 
@@ -201,6 +232,20 @@ class InMemorySinkProvider(SinkProvider):
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise NotImplementedError("InMemorySink cannot run SQL; use sink_rows(name)")
+
+
+class CollectedSinkProvider(InMemorySinkProvider):
+    """An :class:`InMemorySink` whose rows go to a :class:`RowCollector` actor, so that
+    replicas in other processes can all write to it."""
+
+    concurrent_writers = True
+
+    def __init__(self, declaration: InMemorySink, environment: Environment, collector: Any) -> None:
+        super().__init__(declaration, environment)
+        self.collector = collector
+
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        return _CollectedSink(self.declaration.name, self.collector)
 
 
 @dataclasses.dataclass
@@ -226,9 +271,15 @@ def run_processor(
     events: Iterable[Any],
     *,
     options: RunOptions | None = None,
+    runtime: Runtime | None = None,
 ) -> TestRun:
-    """Run ``processor`` over ``events`` with the in-process runtime until they are all
-    acked, and return what it wrote. ``setup`` and ``teardown`` are called as in a real run.
+    """Run ``processor`` over ``events`` until they are all acked, and return what it
+    wrote. ``setup`` and ``teardown`` are called as in a real run.
+
+    Args:
+        runtime: The runtime (default: a new ``InProcessRuntime``). With a
+            ``RayRuntime`` (Ray initialised, e.g. by a test session), the rows of the
+            replicas are gathered by a :class:`RowCollector` actor.
 
     Raises:
         ProcessorDefinitionError, SchemaError: the processor is malformed (as ``plan`` would).
@@ -238,21 +289,40 @@ def run_processor(
     key = f"run-{next(_ids)}"
     env = Environment(name="local", state_dir=Environment.resolve("local").state_dir)
     src = InMemorySource(events, event_type=spec.source.event_type)
+    from buildflow.runtime.inprocess import InProcessRuntime
+
+    runtime = runtime or InProcessRuntime()
+    collector: Any = None
+    if not isinstance(runtime, InProcessRuntime):  # replicas in other processes
+        import ray
+
+        actor_class: Any = ray.remote(RowCollector)
+        collector = actor_class.options(num_cpus=0).remote()
+
+    def sink(name: str) -> SinkProvider:
+        if collector is None:
+            return InMemorySinkProvider(InMemorySink(name), env)
+        return CollectedSinkProvider(InMemorySink(name), env, collector)
+
     bound = BoundProcessor(
         spec=spec,
         source=InMemorySourceProvider(src, env),
-        sink=InMemorySinkProvider(InMemorySink(key), env),
-        dead_letter=InMemorySinkProvider(InMemorySink(f"{key}.dead_letters"), env),
+        sink=sink(key),
+        dead_letter=sink(f"{key}.dead_letters"),
     )
-    from buildflow.runtime.inprocess import InProcessRuntime
-
     opts = options or RunOptions(until_idle=True, idle_grace_ms=0, handle_signals=False)
-    summary = InProcessRuntime().run([bound], opts)
-    with _LOCK:
-        rows = _SINK_ROWS.pop(key, [])
-        dead = _SINK_ROWS.pop(f"{key}.dead_letters", [])
-        _SINK_KEYS.pop(key, None)
-        _SINK_KEYS.pop(f"{key}.dead_letters", None)
+    summary = runtime.run([bound], opts)
+    if collector is not None:
+        import ray
+
+        rows, dead = ray.get([collector.take.remote(key), collector.take.remote(f"{key}.dead_letters")])
+        ray.kill(collector)
+    else:
+        with _LOCK:
+            rows = _SINK_ROWS.pop(key, [])
+            dead = _SINK_ROWS.pop(f"{key}.dead_letters", [])
+            _SINK_KEYS.pop(key, None)
+            _SINK_KEYS.pop(f"{key}.dead_letters", None)
     return TestRun(
         rows=[{**r.values, "_event_id": r.event_id, "_row_index": r.row_index} for r in rows],
         dead_letters=[r.values for r in dead],

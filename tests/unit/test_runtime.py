@@ -1,15 +1,25 @@
-"""The in-process runtime's semantics, through the public test harness and test doubles
-of the code on the other side (source and sink runtimes)."""
+"""The runtime's semantics, through the public test harness and test doubles of the code
+on the other side (source and sink runtimes).
+
+Tests taking the ``runtime`` fixture run on both runtimes: in-process, and Ray (replicas
+in other processes, so what a processor saw is recorded in a file, :class:`Recorder`, not
+in a closure). The rest drive the in-process runtime's internals (the source and sink
+objects it opened) directly."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import buildflow
 from buildflow.environment import Environment
@@ -52,7 +62,33 @@ def events(n: int) -> list[GCSFileEvent]:
     return [gcs_file_event(f"f{i:03d}.jpg", b"x" * i) for i in range(n)]
 
 
-def test_process_may_return_a_row_a_list_or_none() -> None:
+@dataclasses.dataclass(frozen=True)
+class Recorder:
+    """Appends JSON values to a file: what a processor saw, from whichever process runs it."""
+
+    path: Path
+
+    def append(self, value: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(value) + "\n")
+
+    def items(self) -> list[Any]:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+@pytest.fixture(params=["inprocess", "ray"])
+def runtime(request: pytest.FixtureRequest) -> Any:
+    if request.param == "ray":
+        return request.getfixturevalue("ray_runtime")
+    return InProcessRuntime()
+
+
+@pytest.fixture
+def rec(tmp_path: Path) -> Recorder:
+    return Recorder(tmp_path / "recorded.jsonl")
+
+
+def test_process_may_return_a_row_a_list_or_none(runtime: Any) -> None:
     class P(Base):
         def process(self, event: GCSFileEvent) -> list[Row] | Row | None:
             if event.size == 0:
@@ -61,21 +97,21 @@ def test_process_may_return_a_row_a_list_or_none() -> None:
                 return Row(event.name, 1)
             return [Row(event.name, k) for k in range(event.size)]
 
-    result = run_processor(P(), events(3))
+    result = run_processor(P(), events(3), runtime=runtime)
     got = sorted((r["name"], r["n"], r["_row_index"]) for r in result.rows)
     assert got == [("f001.jpg", 1, 0), ("f002.jpg", 0, 0), ("f002.jpg", 1, 1)]
     assert all(r["_event_id"].startswith(f"test-bucket/{r['name']}#") for r in result.rows)
     assert result.summary.events == 3 and result.summary.dead_letters == 0
 
 
-def test_one_failing_event_is_dead_lettered_alone() -> None:
+def test_one_failing_event_is_dead_lettered_alone(runtime: Any) -> None:
     class P(Base):
         def process(self, event: GCSFileEvent) -> Row:
             if event.name == "f002.jpg":
                 raise ValueError("cannot read this one")
             return Row(event.name, event.size)
 
-    result = run_processor(P(), events(5))
+    result = run_processor(P(), events(5), runtime=runtime)
     assert sorted(r["name"] for r in result.rows) == ["f000.jpg", "f001.jpg", "f003.jpg", "f004.jpg"]
     (dead,) = result.dead_letters
     assert dead["object_name"] == "f002.jpg"
@@ -84,97 +120,97 @@ def test_one_failing_event_is_dead_lettered_alone() -> None:
     assert dead["event_id"].startswith("test-bucket/f002.jpg#")
 
 
-def test_raising_process_batch_is_retried_per_event_to_isolate_the_bad_one() -> None:
-    calls: list[int] = []
-
+def test_raising_process_batch_is_retried_per_event_to_isolate_the_bad_one(
+    runtime: Any, rec: Recorder
+) -> None:
     class P(Base):
         max_batch_size = 8
 
         def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
-            calls.append(len(events))
+            rec.append(len(events))
             if any(e.name == "f003.jpg" for e in events):
                 raise RuntimeError("model blew up")
             return [Row(e.name, e.size) for e in events]
 
-    result = run_processor(P(), events(6))
+    result = run_processor(P(), events(6), runtime=runtime)
     assert len(result.rows) == 5
     assert [d["object_name"] for d in result.dead_letters] == ["f003.jpg"]
+    calls = rec.items()
     assert calls[0] == 6 and calls[1:] == [1] * 6  # whole batch, then one at a time
 
 
-def test_process_batch_may_return_exceptions_per_event() -> None:
+def test_process_batch_may_return_exceptions_per_event(runtime: Any) -> None:
     class P(Base):
         def process_batch(self, events: list[GCSFileEvent]) -> list[Row | Exception]:
             return [ValueError("odd") if e.size % 2 else Row(e.name, e.size) for e in events]
 
-    result = run_processor(P(), events(6))
+    result = run_processor(P(), events(6), runtime=runtime)
     assert sorted(r["n"] for r in result.rows) == [0, 2, 4]
     assert len(result.dead_letters) == 3
 
 
-def test_process_batch_with_wrong_result_count_dead_letters_with_clear_reason() -> None:
+def test_process_batch_with_wrong_result_count_dead_letters_with_clear_reason(runtime: Any) -> None:
     class P(Base):
         def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
             return []
 
-    result = run_processor(P(), events(2))
+    result = run_processor(P(), events(2), runtime=runtime)
     assert result.rows == []
     assert all("returned 0 results for 1 events" in d["reason"] for d in result.dead_letters)
 
 
-def test_invalid_row_is_dead_lettered_at_validation() -> None:
+def test_invalid_row_is_dead_lettered_at_validation(runtime: Any) -> None:
     class P(Base):
         def process(self, event: GCSFileEvent) -> Row:
             return Row(event.name, "many" if event.size == 1 else event.size)  # type: ignore[arg-type]
 
-    result = run_processor(P(), events(3))
+    result = run_processor(P(), events(3), runtime=runtime)
     assert len(result.rows) == 2
     (dead,) = result.dead_letters
     assert dead["stage"] == "validate" and "'n'" in dead["reason"] and "INT64" in dead["reason"]
 
 
-def test_setup_once_on_the_worker_thread_and_teardown_once() -> None:
-    seen: dict[str, Any] = {"setup": 0, "teardown": 0, "threads": set()}
-
+def test_setup_once_on_the_worker_thread_and_teardown_once(runtime: Any, rec: Recorder) -> None:
     class P(Base):
         max_batch_size = 2
 
         def setup(self) -> None:
-            seen["setup"] += 1
-            seen["setup_thread"] = threading.current_thread().name
+            rec.append(["setup", threading.current_thread().name])
             self.metrics.increment("model_loads")
 
         def teardown(self) -> None:
-            seen["teardown"] += 1
+            rec.append(["teardown", threading.current_thread().name])
 
         def process(self, event: GCSFileEvent) -> Row:
-            seen["threads"].add(threading.current_thread().name)
+            rec.append(["process", threading.current_thread().name])
             return Row(event.name, 0)
 
-    result = run_processor(P(), events(7))
-    assert seen["setup"] == 1 and seen["teardown"] == 1
-    assert seen["threads"] == {seen["setup_thread"]} != {threading.main_thread().name}
+    result = run_processor(P(), events(7), runtime=runtime)
+    seen = rec.items()
+    counts = collections.Counter(kind for kind, _ in seen)
+    assert counts["setup"] == 1 and counts["teardown"] == 1
+    setup_thread = next(t for kind, t in seen if kind == "setup")
+    assert {t for kind, t in seen if kind == "process"} == {setup_thread} != {threading.main_thread().name}
     (stats,) = result.summary.processors
     assert stats.setup_calls == 1 and stats.metrics["model_loads"] == 1
     assert stats.batches >= 4  # 7 events in micro-batches of at most 2
 
 
-def test_micro_batches_respect_max_size() -> None:
-    sizes: list[int] = []
-
+def test_micro_batches_respect_max_size(runtime: Any, rec: Recorder) -> None:
     class P(Base):
         max_batch_size = 4
         max_batch_latency_ms = 1000
 
         def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
-            sizes.append(len(events))
+            rec.append(len(events))
             return [Row(e.name, 0) for e in events]
 
-    run_processor(P(), events(10))
+    run_processor(P(), events(10), runtime=runtime)
+    sizes = rec.items()
     assert max(sizes) == 4 and sum(sizes) == 10
 
 
-def test_slow_processing_does_not_block_the_event_loop() -> None:
+def test_slow_processing_does_not_block_the_event_loop(runtime: Any) -> None:
     class Slow(Base):
         max_batch_size = 1
 
@@ -182,24 +218,26 @@ def test_slow_processing_does_not_block_the_event_loop() -> None:
             time.sleep(0.3)  # a blocking "model": must run off the loop
             return Row(event.name, 0)
 
-    result = run_processor(Slow(), events(2))
+    result = run_processor(Slow(), events(2), runtime=runtime)
     assert len(result.rows) == 2
     assert result.summary.loop_lag_max_ms < 150
 
 
-def test_max_events_stops_after_that_many() -> None:
+def test_max_events_stops_after_that_many(runtime: Any) -> None:
     class P(Base):
         max_batch_size = 3
 
         def process(self, event: GCSFileEvent) -> Row:
             return Row(event.name, 0)
 
-    result = run_processor(P(), events(10), options=RunOptions(max_events=5, handle_signals=False))
+    result = run_processor(
+        P(), events(10), options=RunOptions(max_events=5, handle_signals=False), runtime=runtime
+    )
     assert result.summary.events == 5 and len(result.rows) == 5
     assert result.summary.stop_reason == "max-events"
 
 
-def test_setup_failure_is_reported_not_raised() -> None:
+def test_setup_failure_is_reported_not_raised(runtime: Any) -> None:
     class Broken(Base):
         def setup(self) -> None:
             raise FileNotFoundError("weights.pth")
@@ -207,7 +245,7 @@ def test_setup_failure_is_reported_not_raised() -> None:
         def process(self, event: GCSFileEvent) -> Row:
             raise AssertionError("never called")
 
-    result = run_processor(Broken(), events(1))
+    result = run_processor(Broken(), events(1), runtime=runtime)
     assert result.summary.stop_reason == "error"
     assert "FileNotFoundError: weights.pth" in (result.summary.error or "")
 
@@ -433,65 +471,65 @@ def test_messages_the_source_cannot_decode_are_dead_lettered_without_process() -
     assert dead.values["stage"] == "decode" and dead.values["reason"] == "ValueError: payload is not JSON"
 
 
-def test_failed_event_is_retried_up_to_max_attempts_then_dead_lettered_with_every_error() -> None:
-    calls: dict[str, int] = {}
-
+def test_failed_event_is_retried_up_to_max_attempts_then_dead_lettered_with_every_error(
+    runtime: Any, rec: Recorder
+) -> None:
     class Flaky(Base):
         max_attempts = 3
         retry_backoff_ms = 1
 
         def process(self, event: GCSFileEvent) -> Row:
-            n = calls[event.name] = calls.get(event.name, 0) + 1
+            rec.append(event.name)
+            n = rec.items().count(event.name)
             if event.name == "f001.jpg" and n < 3:  # recovers on the third attempt
                 raise ConnectionError(f"flaky service, attempt {n}")
             if event.name == "f002.jpg":  # never recovers
                 raise TimeoutError(f"service down, attempt {n}")
             return Row(event.name, n)
 
-    result = run_processor(Flaky(), events(3))
+    result = run_processor(Flaky(), events(3), runtime=runtime)
     assert sorted((r["name"], r["n"]) for r in result.rows) == [("f000.jpg", 1), ("f001.jpg", 3)]
     (dead,) = result.dead_letters
     assert dead["object_name"] == "f002.jpg" and dead["attempts"] == 3
     assert dead["errors"] == [f"TimeoutError: service down, attempt {i}" for i in (1, 2, 3)]
     assert dead["reason"] == "TimeoutError: service down, attempt 3"
-    assert calls == {"f000.jpg": 1, "f001.jpg": 3, "f002.jpg": 3}
+    assert collections.Counter(rec.items()) == {"f000.jpg": 1, "f001.jpg": 3, "f002.jpg": 3}
 
 
-def test_without_retries_a_failure_is_dead_lettered_after_one_attempt() -> None:
-    calls: list[str] = []
-
+def test_without_retries_a_failure_is_dead_lettered_after_one_attempt(runtime: Any, rec: Recorder) -> None:
     class Once(Base):
         def process(self, event: GCSFileEvent) -> Row:
-            calls.append(event.name)
+            rec.append(event.name)
             raise ValueError("corrupt")
 
-    result = run_processor(Once(), events(1))
-    assert calls == ["f000.jpg"]
+    result = run_processor(Once(), events(1), runtime=runtime)
+    assert rec.items() == ["f000.jpg"]
     assert result.dead_letters[0]["attempts"] == 1 and result.dead_letters[0]["errors"] == [
         "ValueError: corrupt"
     ]
 
 
-def test_prefetch_sees_each_batch_before_process_batch_and_its_failure_is_harmless() -> None:
-    calls: list[tuple[str, tuple[str, ...]]] = []
-
+def test_prefetch_sees_each_batch_before_process_batch_and_its_failure_is_harmless(
+    runtime: Any, rec: Recorder
+) -> None:
     class P(Base):
         max_batch_size = 4
         max_batch_latency_ms = 0
 
         def prefetch(self, events: list[GCSFileEvent]) -> None:
-            calls.append(("prefetch", tuple(e.name for e in events)))
-            if len(calls) == 1:
+            rec.append(["prefetch", [e.name for e in events]])
+            if len(rec.items()) == 1:
                 raise RuntimeError("prefetch is only an optimisation")
 
         def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
-            calls.append(("process", tuple(e.name for e in events)))
+            rec.append(["process", [e.name for e in events]])
             return [Row(e.name, 0) for e in events]
 
-    result = run_processor(P(), events(10))
+    result = run_processor(P(), events(10), runtime=runtime)
     assert len(result.rows) == 10 and result.dead_letters == []
+    calls = rec.items()
     prefetched = [names for kind, names in calls if kind == "prefetch"]
     processed = [names for kind, names in calls if kind == "process"]
     assert prefetched == processed  # every batch, same events, same order
     for names in processed:  # each batch was prefetched before it was processed
-        assert calls.index(("prefetch", names)) < calls.index(("process", names))
+        assert calls.index(["prefetch", names]) < calls.index(["process", names])
