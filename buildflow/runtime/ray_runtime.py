@@ -162,7 +162,14 @@ class SourceServer:
     over all replicas.
     """
 
-    def __init__(self, provider: SourceProvider, consumer: str, max_events: int | None) -> None:
+    def __init__(
+        self,
+        provider: SourceProvider,
+        consumer: str,
+        max_events: int | None,
+        expected_replicas: int = 1,
+        fair_start_s: float = 60.0,
+    ) -> None:
         self._provider = provider
         self._consumer = consumer
         self._source: SourceRuntime[Any] | None = None
@@ -170,6 +177,13 @@ class SourceServer:
         self._budget = max_events
         self._lock: asyncio.Lock | None = None
         self._pulled = 0
+        # Fair start: nothing is handed out until the first `expected_replicas` replicas
+        # have all asked (they are set up: models loaded), or `fair_start_s` after the
+        # first asked, so that the first replica up does not take a whole backlog.
+        self._expected = expected_replicas
+        self._fair_start_s = fair_start_s
+        self._seen: set[str] = set()
+        self._first_ask: float | None = None
 
     async def _open(self) -> SourceRuntime[Any]:
         if self._lock is None:
@@ -181,6 +195,14 @@ class SourceServer:
     async def pull(self, replica: str, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
         source = await self._open()
         assert self._lock is not None
+        if len(self._seen) < self._expected:
+            self._seen.add(replica)
+            now = time.monotonic()
+            self._first_ask = self._first_ask or now
+            if len(self._seen) < self._expected and now - self._first_ask < self._fair_start_s:
+                await asyncio.sleep(min(timeout_s, 0.05))
+                return []
+            self._expected = 0  # everyone is here (or waited long enough)
         async with self._lock:  # a source's pull is not re-entrant
             if self._budget is not None:
                 max_events = min(max_events, self._budget)
@@ -369,6 +391,12 @@ class Replica:
             s = dataclasses.replace(s, latencies_ms=list(s.latencies_ms), metrics=dict(s.metrics))
         return s, self._started_at, _peak_rss_mb()
 
+    def node(self) -> str:
+        """The Ray node this replica runs on (its id)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def stop(self, hard: bool = False) -> None:
         self._runtime.request_stop("signal", hard=hard)
 
@@ -418,6 +446,7 @@ class _Group:
     empty_since: float | None = None
     rate_window: list[tuple[float, int]] = dataclasses.field(default_factory=list)
     backlog: int | None = None
+    nodes: dict[str, Any] = dataclasses.field(default_factory=dict)  # replica -> node id (or its ref)
 
     @property
     def name(self) -> str:
@@ -568,7 +597,7 @@ class RayRuntime(Runtime):
             source_server = (
                 ray.remote(SourceServer)
                 .options(**server_opts)
-                .remote(bound.source, bound.name, options.max_events)
+                .remote(bound.source, bound.name, options.max_events, expected_replicas=target)
             )
 
         def sink_server(provider: SinkProvider, schema: TableSchema) -> Any:
@@ -618,6 +647,7 @@ class RayRuntime(Runtime):
             .remote(bound, opts, rid)
         )
         g.members[rid] = _Member(rid=rid, actor=actor, ref=actor.run.remote(), started=time.monotonic())
+        g.nodes[rid] = actor.node.remote()
         g.last_change = time.monotonic()
         log.info("processor %s: started replica %s (%d running)", g.name, rid, len(g.members))
 
@@ -688,6 +718,8 @@ class RayRuntime(Runtime):
                             ray.get(server.close.remote(), timeout=30)
                         with contextlib.suppress(Exception):
                             ray.kill(server)
+        for g in groups:
+            self._resolve_nodes(ray, g, timeout=1.0)
         stats = [self._merge(g) for g in groups]
         if on_progress is not None:
             on_progress(stats, time.time() - self._start(groups, wall_start))
@@ -803,6 +835,7 @@ class RayRuntime(Runtime):
                     g.started_at[m.rid] = started_at
                 g.rss_mb[m.rid] = rss
         for g in groups:
+            self._resolve_nodes(ray, g)
             if g.source_server is not None:
                 with contextlib.suppress(Exception):
                     g.backlog = ray.get(g.source_server.backlog.remote(), timeout=5)
@@ -810,6 +843,17 @@ class RayRuntime(Runtime):
                 backlogs = [g.stats[r].backlog for r in g.members if r in g.stats]
                 known = [b for b in backlogs if b is not None]
                 g.backlog = max(known) if known else None
+
+    @staticmethod
+    def _resolve_nodes(ray: Any, g: _Group, timeout: float = 0.0) -> None:
+        for rid, node in list(g.nodes.items()):
+            if isinstance(node, str):
+                continue
+            if ray.wait([node], timeout=timeout)[0]:
+                try:
+                    g.nodes[rid] = ray.get(node)
+                except Exception:
+                    g.nodes[rid] = "?"
 
     def _merge(self, g: _Group) -> ProcessorStats:
         """One processor's stats over all its replicas: live, finished and dead."""
@@ -851,6 +895,7 @@ class RayRuntime(Runtime):
                 "dead_letters": s.dead_letters,
                 "model_loads": s.metrics.get("model_loads", 0),
                 "peak_rss_mb": round(g.rss_mb.get(rid, 0.0), 1),
+                "node": g.nodes.get(rid) if isinstance(g.nodes.get(rid), str) else None,
             }
             for rid, s in g.stats.items()
         ]

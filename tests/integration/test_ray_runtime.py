@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -273,7 +274,9 @@ def test_a_two_node_ray_start_cluster_runs_the_app(tmp_path: Path) -> None:
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
     head_tmp, worker_tmp = Path(f"/tmp/bf-ray-head-{port}"), Path(f"/tmp/bf-ray-worker-{port}")
-    env = _env()
+    # token authentication (Ray's default for local clusters since 2.59), one token for
+    # every node and the driver, as a real cluster would be set up
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     base = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--num-cpus", "1"]
     started: list[Path] = []
     try:
@@ -293,7 +296,7 @@ def test_a_two_node_ray_start_cluster_runs_the_app(tmp_path: Path) -> None:
 
         app, state = _app_copy(tmp_path), tmp_path / "state"
         assert _cli("plan", "main:app", "--yes", "--state-dir", str(state), env=env, cwd=app).returncode == 0
-        names = _photos(state / "buckets" / "buildflow-images", 12)
+        names = _photos(state / "buckets" / "buildflow-images", 48)
         summary = tmp_path / "summary.json"
         run = _cli(
             "run", "main:app", "--runtime", "ray", "--address", f"127.0.0.1:{port}", "--replicas", "2",
@@ -303,6 +306,9 @@ def test_a_two_node_ray_start_cluster_runs_the_app(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr[-4000:]
         p = _check_run(app, state, names, summary, env)
         assert sorted(int(r["model_loads"]) for r in p["per_replica"]) == [1, 1]
+        # one replica on each node (one CPU each), both classified images: the fair start
+        # hands nothing out until both have loaded their model
+        assert len({r["node"] for r in p["per_replica"]}) == 2
         assert all(r["events"] > 0 for r in p["per_replica"])
         # each node wrote its own logs under its own temporary folder
         assert list(head_tmp.glob("session_*/logs")) and list(worker_tmp.glob("session_*/logs"))
