@@ -416,7 +416,10 @@ def run_cmd(
     replicas: Annotated[
         int | None,
         typer.Option(
-            "--replicas", min=1, help="With --runtime ray: replicas of every processor (no autoscaling)."
+            "--replicas",
+            min=1,
+            envvar="BUILDFLOW_REPLICAS",
+            help="With --runtime ray: replicas of every processor (no autoscaling).",
         ),
     ] = None,
     log_level: LogOpt = "info",

@@ -87,7 +87,16 @@ def wait_for(
         time.sleep(0.2)
 
 
-def test_emulator_plan_run_upload_query_destroy(app_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["inprocess", "ray"])
+def test_emulator_plan_run_upload_query_destroy(
+    app_env: dict[str, str], tmp_path: Path, runtime: str
+) -> None:
+    """On both runtimes; on Ray with 2 replicas, each with its own Pub/Sub subscriber and
+    BigQuery client (the subscription spreads the messages over them)."""
+    replicas = 2 if runtime == "ray" else 1
+    if runtime == "ray":
+        pytest.importorskip("ray")
+        app_env = {**app_env, "BUILDFLOW_RUNTIME": "ray", "BUILDFLOW_REPLICAS": "2"}
     bucket_name = app_env["BUCKET_NAME"]
     first = cli("plan", "main:app", "--yes", env=app_env)
     for kind in ("bucket", "subscription", "dataset", "table"):
@@ -122,7 +131,7 @@ def test_emulator_plan_run_upload_query_destroy(app_env: dict[str, str], tmp_pat
     assert run.returncode == 0, err
     summary = json.loads(summary_path.read_text())
     assert summary["rows"] == len(photos) and summary["dead_letters"] == 1
-    assert summary["processors"][0]["metrics"]["model_loads"] == 1
+    assert summary["processors"][0]["metrics"]["model_loads"] == replicas
 
     labels = rows(
         f"SELECT image_name, c.label, c.class_index, c.confidence FROM `{TABLE}`, "
