@@ -23,7 +23,12 @@ def test_suite_smoke_produces_the_table_and_the_plot(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = (tmp_path / "suite.md").read_text()
-    assert "| model | backend | decode ceiling img/s | model ceiling img/s | ours img/s |" in table
+    header = (
+        "| model | backend | decode ceiling img/s | model ceiling img/s | shared-cores ceiling img/s "
+        "| ours img/s |"
+    )
+    assert header in table
     assert "| efficientnet_lite0 |" in table and "framework overhead" in table
+    assert "| backlog drain | images |" in table
     assert "load average" in table.splitlines()[0]
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

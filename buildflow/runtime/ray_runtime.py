@@ -725,6 +725,8 @@ class RayRuntime(Runtime):
             on_progress(stats, time.time() - self._start(groups, wall_start))
         reasons = [s.stop_reason for g in groups for s in g.finished.values()]
         final: StopReason = stop_reason or (reasons[0] if reasons else "stopped")
+        if "hard-stop" in reasons:  # a replica's own drain deadline passed: not a clean drain
+            final = "hard-stop"
         if error:
             final = "error"
         return RunSummary(

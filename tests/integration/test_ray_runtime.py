@@ -139,6 +139,56 @@ def test_backlog_adds_a_replica_up_to_max(ray_session: Any) -> None:
     assert len({r["pid"] for r in result.rows}) == 2
 
 
+class Big(Scales):
+    max_replicas = 3
+    num_cpus = 1.5  # the test instance has 4 CPUs: 2 replicas fit with 0.5 kept free, 3 do not
+
+
+def test_autoscaling_keeps_cpus_free_for_the_rest_of_the_cluster(ray_session: Any) -> None:
+    from buildflow.runtime.ray_runtime import Autoscaling, RayRuntime
+
+    runtime = RayRuntime(autoscaling=Autoscaling(interval_s=0.3, scale_up_drain_s=0.5, cooldown_s=0.3))
+    result = run_processor(Big(), events(150), runtime=runtime)
+    assert len(result.rows) == 150
+    assert result.summary.processors[0].replicas_started == 2  # a third would leave < 0.5 CPU
+
+
+class Idle(Base):
+    num_replicas = 2
+    min_replicas = 1
+    max_replicas = 2
+
+    def process(self, event: GCSFileEvent) -> Row:
+        return Row(event.name, os.getpid())
+
+
+def test_no_backlog_for_a_while_stops_a_replica_down_to_min(
+    ray_session: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from buildflow.runtime.ray_runtime import Autoscaling, RayRuntime
+
+    runtime = RayRuntime(autoscaling=Autoscaling(interval_s=0.2, scale_down_idle_s=1.0, cooldown_s=0.5))
+    caplog.set_level("INFO", logger="buildflow.runtime.ray_runtime")
+
+    def stop_when_scaled_down() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            "stopping replica" in r.message for r in caplog.records
+        ):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        runtime.request_stop()
+
+    watcher = threading.Thread(target=stop_when_scaled_down)
+    watcher.start()
+    result = run_processor(Idle(), events(20), runtime=runtime, options=RunOptions(handle_signals=False))
+    watcher.join()
+    assert len(result.rows) == 20
+    stopped = [r.message for r in caplog.records if "stopping replica" in r.message]
+    assert len(stopped) == 1  # down to min_replicas (1), not below
+    assert result.summary.processors[0].teardown_calls == 2  # the stopped one drained too
+
+
 class Forever(Base):
     num_replicas = 2
 
@@ -346,3 +396,12 @@ def _kill_processes_mentioning(text: str) -> None:
     for pid in pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ray_options_without_the_ray_runtime_fail_clearly(tmp_path: Path) -> None:
+    env = _env()
+    proc = _cli("run", "main:app", "--replicas", "2", "--state-dir", str(tmp_path / "state"), env=env)
+    assert proc.returncode == 1
+    assert "--address and --replicas need --runtime ray" in proc.stderr
+    proc = _cli("run", "main:app", "--runtime", "spark", "--state-dir", str(tmp_path / "state"), env=env)
+    assert proc.returncode == 1 and "unknown runtime 'spark'" in proc.stderr

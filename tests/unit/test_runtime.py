@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ import buildflow
 from buildflow.environment import Environment
 from buildflow.errors import TransientSinkError
 from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
-from buildflow.io.base import Envelope, OutputRecord, RowRejection, SinkProvider, SinkRuntime
+from buildflow.io.base import Envelope, OutputRecord, RowRejection, SinkProvider, SinkRuntime, SourceRuntime
 from buildflow.processor import inspect_processor
 from buildflow.provisioning import Resource
 from buildflow.runtime.base import BoundProcessor, RunOptions
@@ -33,13 +31,12 @@ from buildflow.runtime.inprocess import InProcessRuntime
 from buildflow.schema import TableSchema
 from buildflow.testing import (
     InMemorySink,
-    InMemorySinkProvider,
     InMemorySource,
     InMemorySourceProvider,
     gcs_file_event,
     run_processor,
-    sink_rows,
 )
+from buildflow.testing import _Source as _MemorySource
 
 
 @dataclasses.dataclass
@@ -70,7 +67,7 @@ class Recorder:
 
     def append(self, value: Any) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(value) + "\n")
+            f.write(json.dumps(value, default=str) + "\n")
 
     def items(self) -> list[Any]:
         return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.exists() else []
@@ -250,225 +247,246 @@ def test_setup_failure_is_reported_not_raised(runtime: Any) -> None:
     assert "FileNotFoundError: weights.pth" in (result.summary.error or "")
 
 
-# --- ack-after-write and sink retries, with a sink double --------------------------
+# --- ack-after-write and sink retries, with source and sink doubles -------------------
+# The doubles keep what they saw in files (Recorder), so they tell the same story when the
+# Ray runtime opens them in a source server, a sink server or a replica.
 
 
 @dataclasses.dataclass(frozen=True)
-class FlakySink(InMemorySink):
-    failures: int = 2
+class FileSink(InMemorySink):
+    """Rows as JSON lines in ``rows`` (a Recorder); the first ``failures`` writes raise
+    TransientSinkError; with ``reject_negative`` a row with n < 0 is refused for good."""
+
+    rows: Recorder = Recorder(Path("/nonexistent"))
+    log: Recorder = Recorder(Path("/nonexistent"))
+    failures: int = 0
+    reject_negative: bool = False
 
 
-class _FlakyRuntime(SinkRuntime):
-    def __init__(self, decl: FlakySink, log: list[str]) -> None:
-        self.decl, self.log, self.left = decl, log, decl.failures
+class _FileSinkRuntime(SinkRuntime):
+    def __init__(self, decl: FileSink) -> None:
+        self.decl, self.left = decl, decl.failures
 
-    async def write(self, records: Sequence[OutputRecord]) -> None:
+    async def write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
         if self.left > 0:
             self.left -= 1
-            self.log.append("fail")
+            self.decl.log.append("fail")
             raise TransientSinkError("table is locked")
-        self.log.append(f"write {len(records)}")
-        await InMemorySinkProvider(self.decl, _ENV).open(TableSchema(())).write(records)
+        self.decl.log.append(f"write {len(records)}")
+        refused = []
+        for i, r in enumerate(records):
+            if self.decl.reject_negative and r.values.get("n", 0) < 0:
+                refused.append(RowRejection(i, "no such field: n"))
+            else:
+                self.decl.rows.append({**r.values, "_event_id": r.event_id})
+        return refused
 
 
-class FlakyProvider(SinkProvider):
-    log: list[str] = []
-
+class FileSinkProvider(SinkProvider):
     def resources(self, schema: TableSchema) -> list[Resource]:
         return []
 
     def open(self, schema: TableSchema) -> SinkRuntime:
-        assert isinstance(self.declaration, FlakySink)
-        return _FlakyRuntime(self.declaration, self.log)
+        assert isinstance(self.declaration, FileSink)
+        return _FileSinkRuntime(self.declaration)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise NotImplementedError
 
 
+@dataclasses.dataclass(frozen=True)
+class LoggedSource(InMemorySource):
+    """In-memory events whose pulls and acks are logged; with ``undecodable_first`` the
+    first event pulled comes as a message the source could not decode."""
+
+    log: Recorder = Recorder(Path("/nonexistent"))
+    undecodable_first: bool = False
+
+
+class _LoggedSourceRuntime(_MemorySource):
+    def __init__(self, decl: LoggedSource) -> None:
+        super().__init__(decl.events)
+        self.decl = decl
+        self.spoiled = False
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        got = await super().pull(max_events, timeout_s)
+        if got:
+            self.decl.log.append(f"pull {len(got)}")
+        if got and self.decl.undecodable_first and not self.spoiled:
+            self.spoiled = True
+            bad = dataclasses.replace(
+                got[0],
+                event=b"{not json",
+                event_id="msg-1",
+                object_name="msg-1",
+                error=ValueError("payload is not JSON"),
+            )
+            return [bad, *got[1:]]
+        return got
+
+    async def ack(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        self.decl.log.append(f"ack {len(envelopes)}")
+        await super().ack(envelopes)
+
+
+class LoggedSourceProvider(InMemorySourceProvider):
+    def open(self, consumer: str) -> SourceRuntime[Any]:
+        assert isinstance(self.declaration, LoggedSource)
+        return _LoggedSourceRuntime(self.declaration)
+
+
 _ENV = Environment(name="local", state_dir=Environment.resolve("local").state_dir)
 
 
-def test_transient_sink_errors_are_retried_and_events_acked_only_after_the_write() -> None:
+def _bound(
+    processor: buildflow.Processor, source: LoggedSource, sink: FileSink, dead: FileSink
+) -> BoundProcessor:
+    return BoundProcessor(
+        spec=inspect_processor(processor),
+        source=LoggedSourceProvider(source, _ENV),
+        sink=FileSinkProvider(sink, _ENV),
+        dead_letter=FileSinkProvider(dead, _ENV),
+    )
+
+
+def _recorders(tmp_path: Path, *names: str) -> list[Recorder]:
+    return [Recorder(tmp_path / f"{n}.jsonl") for n in names]
+
+
+class Named(Base):
+    max_batch_size = 2
+    max_batch_latency_ms = 0
+
+    def process(self, event: GCSFileEvent) -> Row:
+        return Row(event.name, 0)
+
+
+def test_transient_sink_errors_are_retried_and_events_acked_only_after_the_write(
+    runtime: Any, tmp_path: Path
+) -> None:
     class P(Base):
         max_batch_size = 10
 
         def process(self, event: GCSFileEvent) -> Row:
             return Row(event.name, 0)
 
-    spec = inspect_processor(P())
-    src_provider = InMemorySourceProvider(InMemorySource(tuple(events(3))), _ENV)
-    opened: list[Any] = []
-    original_open = src_provider.open
-
-    def open_and_keep(consumer: str) -> Any:
-        s = original_open(consumer)
-        real_ack = s.ack
-
-        async def ack(envs: Any) -> None:
-            FlakyProvider.log.append(f"ack {len(envs)}")
-            await real_ack(envs)
-
-        s.ack = ack  # type: ignore[method-assign]
-        opened.append(s)
-        return s
-
-    src_provider.open = open_and_keep  # type: ignore[method-assign]
-    FlakyProvider.log = []
-    bound = BoundProcessor(
-        spec=spec,
-        source=src_provider,
-        sink=FlakyProvider(FlakySink("flaky", failures=2), _ENV),
-        dead_letter=InMemorySinkProvider(InMemorySink("flaky.dl"), _ENV),
+    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    bound = _bound(
+        P(),
+        LoggedSource(tuple(events(3)), log=log),
+        FileSink("flaky", rows=rows, log=log, failures=2),
+        FileSink("flaky.dl", rows=dead, log=Recorder(tmp_path / "dl-log.jsonl")),
     )
     opts = RunOptions(until_idle=True, idle_grace_ms=0, handle_signals=False, sink_retry_initial_ms=10)
-    summary = InProcessRuntime().run([bound], opts)
-    assert FlakyProvider.log == ["fail", "fail", "write 3", "ack 3"]
+    summary = runtime.run([bound], opts)
+    assert log.items() == ["pull 3", "fail", "fail", "write 3", "ack 3"]
     assert summary.processors[0].sink_retries == 2
-    assert len(sink_rows("flaky")) == 3
-    assert opened[0].acked and len(opened[0].acked) == 3
+    assert sorted(r["name"] for r in rows.items()) == [e.name for e in events(3)]
 
 
-def test_batches_waiting_for_a_slow_sink_are_written_together_and_each_acked() -> None:
+def test_batches_waiting_for_a_slow_sink_are_written_together_and_each_acked(
+    runtime: Any, tmp_path: Path
+) -> None:
     """While the sink fails, processed micro-batches queue up; once it is back, those
     waiting are coalesced into one write (one file open / one MERGE), and every event is
     still written once and acked."""
-
-    class P(Base):
-        max_batch_size = 2
-        max_batch_latency_ms = 0
-
-        def process(self, event: GCSFileEvent) -> Row:
-            return Row(event.name, 0)
-
-    FlakyProvider.log = []
-    bound = BoundProcessor(
-        spec=inspect_processor(P()),
-        source=InMemorySourceProvider(InMemorySource(tuple(events(12))), _ENV),
-        sink=FlakyProvider(FlakySink("coalesce", failures=3), _ENV),
-        dead_letter=InMemorySinkProvider(InMemorySink("coalesce.dl"), _ENV),
+    log, sink_log, rows, dead = _recorders(tmp_path, "log", "sink-log", "rows", "dead")
+    bound = _bound(
+        Named(),
+        LoggedSource(tuple(events(12)), log=log),
+        FileSink("coalesce", rows=rows, log=sink_log, failures=3),
+        FileSink("coalesce.dl", rows=dead, log=Recorder(tmp_path / "dl-log.jsonl")),
     )
     opts = RunOptions(until_idle=True, idle_grace_ms=0, handle_signals=False, sink_retry_initial_ms=20)
-    summary = InProcessRuntime().run([bound], opts)
-    writes = [int(x.split()[1]) for x in FlakyProvider.log if x.startswith("write")]
-    assert sum(writes) == 12 and max(writes) > 2, FlakyProvider.log
+    summary = runtime.run([bound], opts)
+    writes = [int(x.split()[1]) for x in sink_log.items() if x.startswith("write")]
+    assert sum(writes) == 12 and max(writes) > 2, sink_log.items()
     stats = summary.processors[0]
     assert stats.batches == 6 and stats.sink_writes == len(writes) < 6
-    assert sorted(r.values["name"] for r in sink_rows("coalesce")) == [e.name for e in events(12)]
+    assert sorted(r["name"] for r in rows.items()) == [e.name for e in events(12)]
+    assert sum(int(x.split()[1]) for x in log.items() if x.startswith("ack")) == 12
 
 
-def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down() -> None:
+def test_backpressure_bounds_what_is_pulled_while_the_sink_is_down(runtime: Any, tmp_path: Path) -> None:
     """With the sink down, the source is pulled only a bounded number of micro-batches
-    ahead; after SIGTERM the drain cannot finish, so the run stops hard at the drain
+    ahead; after a stop the drain cannot finish, so the run stops hard at the drain
     deadline without acking anything."""
-
-    class P(Base):
-        max_batch_size = 2
-        max_batch_latency_ms = 0
-
-        def process(self, event: GCSFileEvent) -> Row:
-            return Row(event.name, 0)
-
-    spec = inspect_processor(P())
-    src = InMemorySourceProvider(InMemorySource(tuple(events(40))), _ENV)
-    opened: list[Any] = []
-    original_open = src.open
-    src.open = lambda consumer: opened.append(original_open(consumer)) or opened[-1]  # type: ignore[method-assign]
-    bound = BoundProcessor(
-        spec=spec,
-        source=src,
-        sink=FlakyProvider(FlakySink("down", failures=10**9), _ENV),
-        dead_letter=InMemorySinkProvider(InMemorySink("down.dl"), _ENV),
+    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    bound = _bound(
+        Named(),
+        LoggedSource(tuple(events(40)), log=log),
+        FileSink("down", rows=rows, log=Recorder(tmp_path / "sink-log.jsonl"), failures=10**9),
+        FileSink("down.dl", rows=dead, log=Recorder(tmp_path / "dl-log.jsonl")),
     )
     opts = RunOptions(
-        sink_retry_initial_ms=5, sink_retry_max_ms=10, drain_timeout_s=0.3, max_inflight_batches=2
+        sink_retry_initial_ms=5,
+        sink_retry_max_ms=10,
+        drain_timeout_s=0.3,
+        max_inflight_batches=2,
+        handle_signals=False,
     )
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    summary = InProcessRuntime().run([bound], opts)
-    timer.join()
-    (source,) = opened
-    pulled = 40 - len(source.pending)
+
+    def stop_once_pulling_stopped() -> None:  # the pull log stops growing: backpressure
+        deadline, last, still = time.monotonic() + 60, -1, 0
+        while time.monotonic() < deadline and still < 10:
+            n = len(log.items())
+            still = still + 1 if n == last and n > 0 else 0
+            last = n
+            time.sleep(0.1)
+        runtime.request_stop()
+
+    stopper = threading.Thread(target=stop_once_pulling_stopped)
+    stopper.start()
+    summary = runtime.run([bound], opts)
+    stopper.join()
+    pulled = sum(int(x.split()[1]) for x in log.items() if x.startswith("pull"))
     # writer 1 + write queue 2 + processor 1 + pull queue 2 + puller 1 batches of 2 events
     assert 0 < pulled <= 14
-    assert source.acked == [] and sink_rows("down") == []
+    assert not [x for x in log.items() if x.startswith("ack")] and rows.items() == []
     assert summary.stop_reason == "hard-stop"
 
 
-class _RejectingRuntime(SinkRuntime):
-    async def write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
-        ok = [r for r in records if r.values["n"] >= 0]
-        await InMemorySinkProvider(InMemorySink("rejecting"), _ENV).open(TableSchema(())).write(ok)
-        return [RowRejection(i, "no such field: n") for i, r in enumerate(records) if r.values["n"] < 0]
+def test_rows_the_sink_refuses_are_dead_lettered_and_the_rest_written(runtime: Any, tmp_path: Path) -> None:
 
-
-class RejectingProvider(FlakyProvider):
-    def open(self, schema: TableSchema) -> SinkRuntime:
-        return _RejectingRuntime()
-
-
-def test_rows_the_sink_refuses_are_dead_lettered_and_the_rest_written() -> None:
     class P(Base):
         def process(self, event: GCSFileEvent) -> Row:
             return Row(event.name, -1 if event.name == "f001.jpg" else 1)
 
-    bound = BoundProcessor(
-        spec=inspect_processor(P()),
-        source=InMemorySourceProvider(InMemorySource(tuple(events(3))), _ENV),
-        sink=RejectingProvider(FlakySink("rejecting"), _ENV),
-        dead_letter=InMemorySinkProvider(InMemorySink("rejecting.dl"), _ENV),
+    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    bound = _bound(
+        P(),
+        LoggedSource(tuple(events(3)), log=log),
+        FileSink("rejecting", rows=rows, log=Recorder(tmp_path / "sink-log.jsonl"), reject_negative=True),
+        FileSink("rejecting.dl", rows=dead, log=Recorder(tmp_path / "dl-log.jsonl")),
     )
-    summary = InProcessRuntime().run([bound], RunOptions(until_idle=True, handle_signals=False))
-    assert sorted(r.values["name"] for r in sink_rows("rejecting")) == ["f000.jpg", "f002.jpg"]
-    (dead,) = sink_rows("rejecting.dl")
-    assert dead.values["object_name"] == "f001.jpg" and dead.values["stage"] == "sink"
-    assert dead.values["reason"] == "RowRejectedError: no such field: n"
+    summary = runtime.run([bound], RunOptions(until_idle=True, handle_signals=False))
+    assert sorted(r["name"] for r in rows.items()) == ["f000.jpg", "f002.jpg"]
+    (d,) = dead.items()
+    assert d["object_name"] == "f001.jpg" and d["stage"] == "sink"
+    assert d["reason"] == "RowRejectedError: no such field: n"
     assert summary.rows == 2 and summary.dead_letters == 1
 
 
-def test_messages_the_source_cannot_decode_are_dead_lettered_without_process() -> None:
-    seen: list[str] = []
-
+def test_messages_the_source_cannot_decode_are_dead_lettered_without_process(
+    runtime: Any, tmp_path: Path, rec: Recorder
+) -> None:
     class P(Base):
         def process(self, event: GCSFileEvent) -> Row:
-            seen.append(event.name)
+            rec.append(event.name)
             return Row(event.name, 0)
 
-    good = events(2)
-    src = InMemorySourceProvider(InMemorySource(tuple(good)), _ENV)
-    original_open = src.open
-
-    def open_with_a_bad_message(consumer: str) -> Any:
-        s = original_open(consumer)
-        real_pull = s.pull
-
-        async def pull(n: int, timeout: float) -> list[Envelope[Any]]:
-            got = await real_pull(n, timeout)
-            if got and not seen:
-                bad = dataclasses.replace(
-                    got[0],
-                    event=b"{not json",
-                    event_id="msg-1",
-                    ack_id=got[0].ack_id,
-                    object_name="msg-1",
-                    error=ValueError("payload is not JSON"),
-                )
-                return [bad, *got[1:]]
-            return got
-
-        s.pull = pull  # type: ignore[method-assign]
-        return s
-
-    src.open = open_with_a_bad_message  # type: ignore[method-assign]
-    bound = BoundProcessor(
-        spec=inspect_processor(P()),
-        source=src,
-        sink=InMemorySinkProvider(InMemorySink("decode"), _ENV),
-        dead_letter=InMemorySinkProvider(InMemorySink("decode.dl"), _ENV),
+    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    bound = _bound(
+        P(),
+        LoggedSource(tuple(events(2)), log=log, undecodable_first=True),
+        FileSink("decode", rows=rows, log=Recorder(tmp_path / "sink-log.jsonl")),
+        FileSink("decode.dl", rows=dead, log=Recorder(tmp_path / "dl-log.jsonl")),
     )
-    InProcessRuntime().run([bound], RunOptions(until_idle=True, handle_signals=False))
-    assert seen == ["f001.jpg"]
-    (dead,) = sink_rows("decode.dl")
-    assert dead.values["stage"] == "decode" and dead.values["reason"] == "ValueError: payload is not JSON"
+    runtime.run([bound], RunOptions(until_idle=True, handle_signals=False))
+    assert rec.items() == ["f001.jpg"]
+    (d,) = dead.items()
+    assert d["stage"] == "decode" and d["reason"] == "ValueError: payload is not JSON"
 
 
 def test_failed_event_is_retried_up_to_max_attempts_then_dead_lettered_with_every_error(
