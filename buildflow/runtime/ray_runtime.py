@@ -47,7 +47,6 @@ import dataclasses
 import logging
 import math
 import os
-import resource
 import signal
 import threading
 import time
@@ -73,6 +72,7 @@ from buildflow.runtime.base import (
     Runtime,
     StopReason,
 )
+from buildflow.runtime.inprocess import _peak_rss_mb
 from buildflow.schema import TableSchema
 
 __all__ = ["RayRuntime", "Autoscaling", "RayUnavailableError"]
@@ -402,10 +402,6 @@ class Replica:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- the driver ---------------------------------------------------------------------------------
