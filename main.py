@@ -7,8 +7,9 @@
 Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
 ``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
 ``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models),
-``DECODE_THREADS`` (default 2) and ``INFERENCE_THREADS`` (default: torch's thread count,
-the number of cores).
+``DECODE_THREADS`` (default 2), ``INFERENCE_THREADS`` and ``INFERENCE_STREAMS`` (ONNX
+Runtime: threads per stream and streams a micro-batch is split into; default one
+single-threaded stream per core, see ``models.load_model``).
 """
 
 import os
@@ -29,6 +30,7 @@ app.add(
         weights_path=os.environ.get("MODEL_WEIGHTS"),
         decode_threads=int(os.environ.get("DECODE_THREADS", "2")),
         inference_threads=int(os.environ["INFERENCE_THREADS"]) if "INFERENCE_THREADS" in os.environ else None,
+        inference_streams=int(os.environ["INFERENCE_STREAMS"]) if "INFERENCE_STREAMS" in os.environ else None,
     )
 )
 

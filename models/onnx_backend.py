@@ -23,10 +23,18 @@ Speed (images/s on 2 cores, from /work/shared/ENVIRONMENT.md; ``python -m
 benchmarks.backends`` measures it again): EfficientNet-Lite0 torch eager 106/54/43 at
 batch 1/8/32, ONNX Runtime 478/425/389; MobileNetV2 124/130/64 vs 582/514/451.
 
-Threads: the session runs ``intra_op_threads`` threads (default ``torch.get_num_threads()``,
-the cores torch would use), one inter-op thread, and its workers do not spin-wait after a
-run (``session.intra_op.allow_spinning = 0``): spinning workers would keep the cores busy
-while the next micro-batch is being decoded. Denormal floats are flushed to zero, as
+Threads and streams: a batch is split into ``streams`` contiguous shards that run at once,
+each a ``session.run`` on its own thread with ``intra_op_threads`` threads (one inter-op
+thread). On the CPU the default is one stream per core (``torch.get_num_threads()``) with
+one thread each: independent single-threaded runs, the CPU plugin's "throughput streams" of
+OpenVINO, have no per-operator fork/join between cores, so a decode thread that takes a core
+for a moment delays one shard instead of stalling every parallel loop of the pass. Measured
+on 2 cores (interleaved A/B, decode threads at nice +10 beside inference, see NOTES.md):
+decode + inference pipeline 1.05-1.08x the throughput of one stream with 2 threads; bare
+model +2%. Passing ``intra_op_threads`` alone gives one stream with that many threads, the
+layout for latency at batch 1. Workers do not spin-wait after a run
+(``session.intra_op.allow_spinning = 0``): spinning workers would keep the cores busy while
+the next micro-batch is being decoded. Denormal floats are flushed to zero, as
 ``torch.set_flush_denormal(True)`` does on the torch path.
 
 Nothing here imports onnxruntime at import time.
@@ -34,6 +42,7 @@ Nothing here imports onnxruntime at import time.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib.metadata
@@ -49,6 +58,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .errors import ModelError
@@ -63,6 +73,7 @@ __all__ = [
     "cache_key",
     "check_agreement",
     "open_onnx_session",
+    "stream_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,7 +172,9 @@ class OnnxSession:
         path: The ``.onnx`` file.
         input_shape: ``(C, H, W)`` the graph takes (the batch axis is free).
         providers: Execution providers in use, e.g. ``["CPUExecutionProvider"]``.
-        intra_op_threads: Threads of one run.
+        intra_op_threads: Threads of one run (of one stream).
+        streams: Shards a batch is split into, run at the same time (see the module
+            docstring); a batch of ``N < streams`` images runs as ``N`` shards of one.
         exported: True when this load exported the file (False: taken from the cache).
         agreement: The check against torch stored with the file, or None when it could
             not run (no photos installed).
@@ -175,7 +188,10 @@ class OnnxSession:
         input_shape: tuple[int, int, int],
         device: Literal["cpu", "cuda"],
         intra_op_threads: int,
+        streams: int = 1,
     ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, got {streams!r}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -192,6 +208,13 @@ class OnnxSession:
         self.input_shape = input_shape
         self.providers: list[str] = list(self._session.get_providers())
         self.intra_op_threads = intra_op_threads
+        self.streams = streams
+        # The caller's thread runs the first shard; the others run on this pool.
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(streams - 1, thread_name_prefix="onnx-stream")
+            if streams > 1
+            else None
+        )
         self.exported = False
         self.agreement: Agreement | None = None
 
@@ -211,8 +234,17 @@ class OnnxSession:
         array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
         if array.shape[0] == 0:
             raise ValueError("batch is empty: need at least one image")
+        if self._pool is None or array.shape[0] == 1:
+            return torch.from_numpy(self._run(array))
+        shards = np.array_split(array, min(self.streams, array.shape[0]))
+        rest = [self._pool.submit(self._run, shard) for shard in shards[1:]]
+        outs = [self._run(shards[0])] + [f.result() for f in rest]
+        return torch.from_numpy(np.concatenate(outs))
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
         (out,) = self._session.run([_OUTPUT_NAME], {_INPUT_NAME: array})
-        return torch.from_numpy(out)
+        result: np.ndarray = out
+        return result
 
 
 def _import_onnxruntime() -> ModuleType | None:
@@ -243,6 +275,7 @@ def open_onnx_session(
     device: Literal["cpu", "cuda"],
     intra_op_threads: int | None,
     auto_eligible: bool,
+    streams: int | None = None,
 ) -> OnnxSession | None:
     """The ONNX Runtime session :func:`models.load_model` should use, or None for torch.
 
@@ -257,20 +290,20 @@ def open_onnx_session(
             passes; otherwise it logs why (a warning) and returns None.
         device: ``"cuda"`` needs onnxruntime's ``CUDAExecutionProvider`` (package
             ``onnxruntime-gpu``).
-        intra_op_threads: Threads of one run; default ``torch.get_num_threads()``.
+        intra_op_threads: Threads of one run (of each stream); see :func:`stream_layout`.
         auto_eligible: Whether ``"auto"`` may pick ONNX Runtime for this model (the
             built-in architectures; custom factories and checkpoints stay on torch unless
             ``"onnxruntime"`` is asked for).
+        streams: Shards a batch runs as, at the same time; see :func:`stream_layout`.
 
     Raises:
         ModelError: ``backend="onnxruntime"`` and onnxruntime is not installed, has no
             CUDA provider for ``device="cuda"``, or the export fails; ``intra_op_threads``
-            below 1; unknown ``backend``.
+            or ``streams`` below 1; unknown ``backend``.
     """
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ModelError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
-    if intra_op_threads is not None and intra_op_threads < 1:
-        raise ModelError(f"intra_op_threads must be at least 1, got {intra_op_threads!r}")
+    streams, threads = stream_layout(device, intra_op_threads, streams)
     if backend == "torch" or (backend == "auto" and not auto_eligible):
         return None
     explicit = backend == "onnxruntime"
@@ -296,9 +329,10 @@ def open_onnx_session(
             )
         logger.info("model %r runs on torch: onnxruntime has no CUDAExecutionProvider here", name)
         return None
-    threads = intra_op_threads or torch.get_num_threads()
     try:
-        session = _cached_session(name, module, preprocessing, ort, device=device, threads=threads)
+        session = _cached_session(
+            name, module, preprocessing, ort, device=device, threads=threads, streams=streams
+        )
     except Exception as e:
         if explicit:
             if isinstance(e, ModelError):
@@ -338,6 +372,31 @@ def open_onnx_session(
     return session
 
 
+def stream_layout(
+    device: Literal["cpu", "cuda"], intra_op_threads: int | None, streams: int | None
+) -> tuple[int, int]:
+    """``(streams, intra_op_threads)`` of an ONNX Runtime session from what was asked for.
+
+    ``cores`` is ``torch.get_num_threads()`` (the cores torch would use). Neither given: on
+    the CPU ``(cores, 1)``, one single-threaded stream per core (the throughput layout;
+    see the module docstring); on CUDA ``(1, cores)``, the GPU runs the graph. Only
+    ``intra_op_threads``: ``(1, intra_op_threads)``. Only ``streams``:
+    ``(streams, max(1, cores // streams))``. Both: as given.
+
+    Raises:
+        ModelError: ``intra_op_threads`` or ``streams`` is not a whole number >= 1.
+    """
+    for what, value in (("intra_op_threads", intra_op_threads), ("streams", streams)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelError(f"{what} must be a whole number of at least 1, got {value!r}")
+    cores = torch.get_num_threads()
+    if streams is None:
+        if intra_op_threads is not None:
+            return 1, intra_op_threads
+        return (cores, 1) if device == "cpu" else (1, cores)
+    return streams, intra_op_threads or max(1, cores // streams)
+
+
 def _cached_session(
     name: str,
     module: torch.nn.Module,
@@ -346,6 +405,7 @@ def _cached_session(
     *,
     device: Literal["cpu", "cuda"],
     threads: int,
+    streams: int = 1,
 ) -> OnnxSession:
     """Export ``module`` unless cached, open its session, check it unless checked."""
     side = preprocessing.crop_size
@@ -367,7 +427,9 @@ def _cached_session(
         logger.info("exported model %r to %s in %.1f s", name, onnx_path, export_s)
 
     def open_session() -> OnnxSession:
-        return OnnxSession(ort, onnx_path, input_shape=input_shape, device=device, intra_op_threads=threads)
+        return OnnxSession(
+            ort, onnx_path, input_shape=input_shape, device=device, intra_op_threads=threads, streams=streams
+        )
 
     with _file_lock(folder / f"{stem}.lock"):
         if not onnx_path.exists():

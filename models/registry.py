@@ -30,7 +30,7 @@ from PIL import Image
 
 from .errors import ModelError
 from .labels import imagenet_labels
-from .onnx_backend import Backend, OnnxSession, open_onnx_session
+from .onnx_backend import Backend, OnnxSession, open_onnx_session, stream_layout
 from .preprocessing import IMAGENET_MEAN_STD, TF_MEAN_STD, Preprocessing
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class ImageClassifier:
         backend: What :meth:`predict_proba` runs: ``"torch"`` (``module``, eager) or
             ``"onnxruntime"`` (``onnx_session``, exported from ``module``).
         onnx_session: The ONNX Runtime session when ``backend == "onnxruntime"``
-            (its ``path``, ``providers``, ``intra_op_threads`` and ``agreement`` with
+            (its ``path``, ``providers``, ``intra_op_threads``, ``streams`` and ``agreement`` with
             torch), else None.
     """
 
@@ -320,6 +320,7 @@ def load_model(
     num_classes: int | None = None,
     backend: Backend = "auto",
     intra_op_threads: int | None = None,
+    streams: int | None = None,
 ) -> ImageClassifier:
     """Build a registered model, load its weights, check it and pick its inference backend.
 
@@ -360,9 +361,15 @@ def load_model(
             it); otherwise torch, with a logged warning saying why. Custom models and
             checkpoints use torch under ``"auto"``. See :mod:`models.onnx_backend`.
         intra_op_threads: Threads one forward pass uses. ONNX Runtime: the session's
-            ``intra_op_num_threads`` (default ``torch.get_num_threads()``, the cores
-            torch would use). torch: calls ``torch.set_num_threads(intra_op_threads)``,
-            a process-wide setting (default: left as it is).
+            ``intra_op_num_threads`` per stream (see ``streams``). torch: calls
+            ``torch.set_num_threads(intra_op_threads)``, a process-wide setting
+            (default: left as it is).
+        streams: ONNX Runtime only: shards a batch is split into, run at the same time,
+            each with ``intra_op_threads`` threads. Default on the CPU: one
+            single-threaded stream per core (``torch.get_num_threads()``), or one
+            stream when only ``intra_op_threads`` is given; on CUDA one stream.
+            :func:`models.onnx_backend.stream_layout` has the rules. Ignored by torch
+            (its thread pool is per process).
 
     Returns:
         The :class:`ImageClassifier`, its ``load_latency_ms`` and ``backend`` set.
@@ -373,13 +380,14 @@ def load_model(
             ``weights_path`` missing where required, not a file, unreadable, or not
             matching the architecture; labels missing, empty, a single string, or not
             one per output class; ``num_classes`` given for a custom model; the module
-            fails to build or to run; unknown ``backend`` or ``intra_op_threads < 1``;
+            fails to build or to run; unknown ``backend``, ``intra_op_threads < 1`` or
+            ``streams < 1``;
             ``backend="onnxruntime"`` and onnxruntime is not installed (or has no CUDA
             provider for ``device="cuda"``), or the export fails.
     """
     start = time.perf_counter()
     _check_device(device)
-    _check_backend(backend, intra_op_threads)
+    _check_backend(backend, intra_op_threads, streams)
     if name.startswith(CHECKPOINT_PREFIX):
         if weights_path is not None or labels is not None or num_classes is not None:
             raise ModelError(
@@ -391,6 +399,7 @@ def load_model(
             device=device,
             backend=backend,
             intra_op_threads=intra_op_threads,
+            streams=streams,
         )
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -425,24 +434,23 @@ def load_model(
         ImageClassifier(name, module, label_tuple, entry.preprocessing, device, 0.0),
         backend,
         intra_op_threads,
+        streams,
         auto_eligible=entry.imagenet,
         start=start,
     )
 
 
-def _check_backend(backend: str, intra_op_threads: int | None) -> None:
+def _check_backend(backend: str, intra_op_threads: int | None, streams: int | None) -> None:
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ModelError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
-    if intra_op_threads is not None and (
-        isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1
-    ):
-        raise ModelError(f"intra_op_threads must be a whole number of at least 1, got {intra_op_threads!r}")
+    stream_layout("cpu", intra_op_threads, streams)  # raises on a bad count
 
 
 def _with_backend(
     classifier: ImageClassifier,
     backend: Backend,
     intra_op_threads: int | None,
+    streams: int | None,
     *,
     auto_eligible: bool,
     start: float,
@@ -457,6 +465,7 @@ def _with_backend(
         device=classifier.device,
         intra_op_threads=intra_op_threads,
         auto_eligible=auto_eligible,
+        streams=streams,
     )
     if session is None and intra_op_threads is not None:
         torch.set_num_threads(intra_op_threads)
@@ -654,6 +663,7 @@ def load_checkpoint(
     device: Device = "cpu",
     backend: Backend = "auto",
     intra_op_threads: int | None = None,
+    streams: int | None = None,
 ) -> ImageClassifier:
     """Load a checkpoint written by ``python -m models.training`` for serving.
 
@@ -672,6 +682,7 @@ def load_checkpoint(
             (checkpoint architectures are not checked for export); ask for
             ``"onnxruntime"`` explicitly.
         intra_op_threads: As for :func:`load_model`.
+        streams: As for :func:`load_model`.
 
     Returns:
         An :class:`ImageClassifier` named ``checkpoint:<uri>``, in eval mode.
@@ -683,11 +694,11 @@ def load_checkpoint(
     """
     start = time.perf_counter()
     _check_device(device)
-    _check_backend(backend, intra_op_threads)
+    _check_backend(backend, intra_op_threads, streams)
     from .training.checkpoints import read_checkpoint
 
     classifier = _classifier_from_checkpoint(read_checkpoint(uri, device=device), device, start)
-    return _with_backend(classifier, backend, intra_op_threads, auto_eligible=False, start=start)
+    return _with_backend(classifier, backend, intra_op_threads, streams, auto_eligible=False, start=start)
 
 
 def _classifier_from_checkpoint(checkpoint: Checkpoint, device: Device, start: float) -> ImageClassifier:

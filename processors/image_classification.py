@@ -69,7 +69,12 @@ class ImageClassificationProcessor(buildflow.Processor):
             both ran at the same priority on 2 shared cores the decode threads stalled
             ONNX Runtime's parallel sections (measured: 71-74 img/s at 0 against
             76-87 img/s at 10, 800 images, benchmarks/suite.py set-up; see NOTES.md).
-        inference_threads: Threads of one forward pass (default: torch's thread count).
+        inference_threads: Threads of one forward pass (of one stream).
+        inference_streams: ONNX Runtime: shards a micro-batch is split into, run at the
+            same time (``models.load_model(streams=...)``). Default (both None): one
+            single-threaded stream per core, 1.05-1.08x the throughput of one 2-thread
+            stream beside the decode threads on 2 cores (NOTES.md); ``inference_threads``
+            alone gives one stream of that many threads.
         source: Another source of file events instead of the bucket, e.g.
             ``PubSubSubscription(...)`` whose messages carry images (``bucket_name`` then
             only names the default source and is not used).
@@ -95,6 +100,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         decode_threads: int = 2,
         decode_nice: int = 10,
         inference_threads: int | None = None,
+        inference_streams: int | None = None,
         source: SourceDeclaration | None = None,
     ) -> None:
         self._source = source
@@ -111,6 +117,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.decode_threads = decode_threads
         self.decode_nice = decode_nice
         self.inference_threads = inference_threads
+        self.inference_streams = inference_streams
         self.model: ImageClassifier | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         # id(event) -> (event, its decode future), filled by prefetch(), emptied by
@@ -138,6 +145,7 @@ class ImageClassificationProcessor(buildflow.Processor):
             device=self.device,
             backend=self.backend,
             intra_op_threads=self.inference_threads,
+            streams=self.inference_streams,
         )
         # One forward pass now, so the first real event does not pay for lazy allocation.
         import torch

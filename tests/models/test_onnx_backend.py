@@ -163,6 +163,57 @@ def test_bad_backend_arguments_are_errors() -> None:
         load_model("efficientnet_lite0", backend="tensorrt")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="intra_op_threads must be a whole number of at least 1, got 0"):
         load_model("efficientnet_lite0", intra_op_threads=0)
+    with pytest.raises(ModelError, match="streams must be a whole number of at least 1, got 0"):
+        load_model("efficientnet_lite0", streams=0)
+    with pytest.raises(ModelError, match="streams must be a whole number of at least 1, got True"):
+        load_model("efficientnet_lite0", streams=True)
+
+
+def test_stream_layout_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    layout = onnx_backend.stream_layout
+    assert layout("cpu", None, None) == (4, 1)  # throughput: a single-threaded stream per core
+    assert layout("cuda", None, None) == (1, 4)  # the GPU runs the graph
+    assert layout("cpu", 3, None) == (1, 3)  # threads alone: one stream
+    assert layout("cpu", None, 2) == (2, 2) and layout("cpu", None, 8) == (8, 1)
+    assert layout("cpu", 2, 3) == (3, 2)
+    with pytest.raises(ModelError, match="streams must be a whole number of at least 1, got 1.5"):
+        layout("cpu", None, 1.5)  # type: ignore[arg-type]
+
+
+class _RecordingSession:
+    """Delegates to the real ONNX Runtime session, recording each run's batch size and thread."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.runs: list[tuple[int, int]] = []
+
+    def run(self, outputs: list[str], feeds: dict[str, object]) -> object:
+        import threading
+
+        (array,) = feeds.values()
+        self.runs.append((len(array), threading.get_ident()))  # type: ignore[arg-type]
+        return self.real.run(outputs, feeds)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_streams_split_a_batch_over_threads_with_the_same_results(cache: Path) -> None:
+    one = load_model("efficientnet_lite0", backend="onnxruntime", intra_op_threads=2)
+    two = load_model("efficientnet_lite0", backend="onnxruntime", streams=2, intra_op_threads=1)
+    assert one.onnx_session is not None and two.onnx_session is not None
+    assert (one.onnx_session.streams, two.onnx_session.streams) == (1, 2)
+    spy = _RecordingSession(two.onnx_session._session)
+    two.onnx_session._session = spy
+    photos = [decode_image(data) for data in sample_photos().values()]
+    x = torch.stack([two.preprocess(photos[i % len(photos)]) for i in range(16)])
+    for n, shards in ((16, [8, 8]), (5, [3, 2]), (1, [1])):
+        spy.runs.clear()
+        expected = one.predict_proba(x[:n])
+        got = two.predict_proba(x[:n])
+        assert got.shape == (n, 1000)
+        assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
+        assert sorted(size for size, _ in spy.runs) == sorted(shards)
+        assert len({thread for _, thread in spy.runs}) == len(shards)  # each shard on its own thread
 
 
 @pytest.mark.slow
@@ -175,7 +226,8 @@ def test_efficientnet_lite0_exports_once_agrees_with_torch_and_is_reused(
     assert session.exported and len(exports) == 1 and session.path.parent == cache
     assert exports[0].parent == cache and exports[0].name.endswith(".tmp")  # renamed into place
     assert session.providers == ["CPUExecutionProvider"]
-    assert session.intra_op_threads == torch.get_num_threads()
+    # the CPU default: one single-threaded stream per core
+    assert (session.streams, session.intra_op_threads) == (torch.get_num_threads(), 1)
     assert [p.suffix for p in cache.glob("*.onnx")] == [".onnx"]
     assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
     # the check ran once, on every packaged photo, and its measurement is stored
