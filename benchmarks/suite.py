@@ -31,7 +31,8 @@ these cores:
 
 Each ceiling and each throughput (ours, the peer) is measured ``--repeats`` times (3) and
 the median reported, with the range beside it: this VM moves +-10% between runs. Ratios are
-computed between measurements of this run; the load average is printed beside the figures. Output: stdout and ``<out>/suite.md``, ``suite.json``, ``suite.png``.
+computed between measurements of this run; the load average is printed beside the figures.
+Output: stdout and ``<out>/suite.md``, ``suite.json``, ``suite.png``.
 """
 
 from __future__ import annotations
