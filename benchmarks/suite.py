@@ -394,7 +394,8 @@ def render(results: dict[str, Any]) -> str:
             f"({lat['rate_per_s']:.1f}/s)"
         )
         lines.append(
-            f"| {m['model']} | {o['backend']}{streams(m)} | {m['decode_ceiling']:.1f} | {m['model_ceiling']:.1f} | "
+            f"| {m['model']} | {o['backend']}{streams(m)} | "
+            f"{m['decode_ceiling']:.1f} | {m['model_ceiling']:.1f} | "
             f"{shared:.1f} | {spread(o)} | {o['images_per_s'] / ceiling:.2f} | "
             f"{o['images_per_s'] / shared:.2f} | {o['launch_to_first_row_s']:.2f} | "
             f"{o['setup_s']:.2f} | {o['peak_rss_mb']:.0f} | {lat_s} |"
