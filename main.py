@@ -7,7 +7,7 @@
 Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
 ``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
 ``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models),
-``DECODE_THREADS`` (default 2), ``INFERENCE_THREADS`` and ``INFERENCE_STREAMS`` (ONNX
+``DECODE_THREADS`` (default: the CPUs available), ``INFERENCE_THREADS`` and ``INFERENCE_STREAMS`` (ONNX
 Runtime: threads per stream and streams a micro-batch is split into; default one
 single-threaded stream per core, see ``models.load_model``).
 """
@@ -28,7 +28,7 @@ app.add(
         table_id=f"{GCP_PROJECT}.image_classification.predictions",
         model_name=os.environ.get("MODEL_NAME", "efficientnet_lite0"),
         weights_path=os.environ.get("MODEL_WEIGHTS"),
-        decode_threads=int(os.environ.get("DECODE_THREADS", "2")),
+        decode_threads=int(os.environ["DECODE_THREADS"]) if "DECODE_THREADS" in os.environ else None,
         inference_threads=int(os.environ["INFERENCE_THREADS"]) if "INFERENCE_THREADS" in os.environ else None,
         inference_streams=int(os.environ["INFERENCE_STREAMS"]) if "INFERENCE_STREAMS" in os.environ else None,
     )

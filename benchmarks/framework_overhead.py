@@ -5,8 +5,8 @@ ack after write, dead-letter plumbing), all in this process:
 
 * ``process`` (one call per event) and ``process_batch`` (one call per micro-batch), each
 * into the in-memory sink (the framework alone) and into a real DuckDB table (the local
-  ``BigQueryTable``: one ``INSERT ... SELECT UNNEST(...) ON CONFLICT DO NOTHING`` per
-  micro-batch, file opened per write).
+  ``BigQueryTable``: one ``INSERT ... SELECT UNNEST(...)`` per micro-batch, the file kept
+  open between writes).
 
 The baseline in the same run is a bare Python loop calling the same ``process`` function
 on the same events (what the user's code costs with no framework at all); the machine's

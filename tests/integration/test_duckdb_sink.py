@@ -501,3 +501,28 @@ def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider:
     assert all("UTF-8" in r.reason for r in rejected)
     _, rows = provider.query("SELECT _event_id FROM ds.t ORDER BY _event_id")
     assert [r[0] for r in rows] == [f"e{i}" for i in range(7) if i not in bad]
+
+
+def test_a_batch_with_a_redelivered_row_and_a_refused_row_writes_the_rest(provider: DuckDBTableProvider) -> None:
+    """The plain INSERT fails on both the duplicate key and the bad value; the ON CONFLICT
+    path then skips the row already written, rejects the bad one alone and writes the rest."""
+    created(provider)
+    sink = provider.open(SCHEMA)
+    first = [record("e0", 0, sample_row("0.jpg"))]
+    batch = [
+        record("e0", 0, sample_row("changed.jpg")),  # redelivered: the stored row is kept
+        record("e1", 0, sample_row("bad-\udcff.jpg")),  # DuckDB refuses it
+        record("e2", 0, sample_row("2.jpg")),
+    ]
+
+    async def go() -> Any:
+        try:
+            assert await sink.write(first) is None
+            return await sink.write(batch)
+        finally:
+            await sink.close()
+
+    rejected = run(go())
+    assert [r.index for r in rejected] == [1] and "UTF-8" in rejected[0].reason
+    _, rows = provider.query("SELECT _event_id, image FROM ds.t ORDER BY _event_id")
+    assert rows == [("e0", "0.jpg"), ("e2", "2.jpg")]

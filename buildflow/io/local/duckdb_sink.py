@@ -6,8 +6,11 @@ REPEATED->``type[]``; top-level REQUIRED fields are NOT NULL (DuckDB has no NOT 
 inside a STRUCT, so nested fields are nullable).
 
 buildflow adds three columns: ``_event_id`` and ``_row_index`` (the primary key: a
-redelivered event's rows are skipped, ``INSERT ... ON CONFLICT DO NOTHING``) and
-``_written_at``.
+redelivered event's rows are skipped) and ``_written_at``. A write is one plain ``INSERT``;
+only when DuckDB refuses it (a key already there: a redelivery; or a bad value) is it done
+again as ``INSERT ... ON CONFLICT DO NOTHING``, bisecting to the refused rows. The
+``ON CONFLICT`` clause costs ~3 ms of CPU per statement here (DuckDB 2.0, 2-core machine:
+4.6 against 1.6 ms for 16 rows), more than the rows themselves, so the common case skips it.
 
 DuckDB lets one process at a time open the file for writing. Opening it costs ~20 ms
 (measured on these 2-core machines), more than writing a micro-batch, so the sink keeps
@@ -358,7 +361,8 @@ class DuckDBTableResource(Resource):
 
 
 class DuckDBSink(SinkRuntime):
-    """Writes micro-batches with one ``INSERT ... SELECT UNNEST($1) ON CONFLICT DO NOTHING``.
+    """Writes micro-batches with one ``INSERT ... SELECT UNNEST($1)`` (``ON CONFLICT DO
+    NOTHING`` only after DuckDB refused the plain one: see the module docstring).
 
     A locked file or a missing table is a transient error (retried by the runtime); a row
     whose values DuckDB refuses is returned as a :class:`RowRejection` (dead-lettered) and
@@ -394,12 +398,13 @@ class DuckDBSink(SinkRuntime):
             f"SELECT {', '.join('s.' + q(c) for c in cols)}, now() "
             f"FROM (SELECT UNNEST($1::{struct}) AS s) ON CONFLICT DO NOTHING"
         )
+        self._plain_sql = self._sql.removesuffix(" ON CONFLICT DO NOTHING")
 
     def _write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
         payload = [{**r.values, "_event_id": r.event_id, "_row_index": r.row_index} for r in records]
         duckdb = _duckdb()
         try:
-            return self._insert_isolating(self._connection(), payload, 0)
+            return self._insert(self._connection(), payload)
         except duckdb.CatalogException as e:
             self._release()
             raise TransientSinkError(
@@ -434,6 +439,17 @@ class DuckDBSink(SinkRuntime):
     def _release_if_idle(self) -> None:
         if self._con is not None and time.monotonic() - self._last_write_at >= IDLE_CLOSE_S * 0.9:
             self._release()
+
+    def _insert(self, con: Any, payload: list[dict[str, Any]]) -> list[RowRejection]:
+        """Insert ``payload`` with the plain statement; if DuckDB refuses it (a key already
+        written, a bad value), which writes nothing, go the ``ON CONFLICT`` way
+        (:meth:`_insert_isolating`)."""
+        duckdb = _duckdb()
+        try:
+            con.execute(self._plain_sql, [payload])
+            return []
+        except (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException):
+            return self._insert_isolating(con, payload, 0)
 
     def _insert_isolating(self, con: Any, payload: list[dict[str, Any]], offset: int) -> list[RowRejection]:
         """Insert ``payload``; if DuckDB refuses the data itself (a value it cannot convert
