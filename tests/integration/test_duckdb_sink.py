@@ -503,7 +503,9 @@ def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider:
     assert [r[0] for r in rows] == [f"e{i}" for i in range(7) if i not in bad]
 
 
-def test_a_batch_with_a_redelivered_row_and_a_refused_row_writes_the_rest(provider: DuckDBTableProvider) -> None:
+def test_a_batch_with_a_redelivered_row_and_a_refused_row_writes_the_rest(
+    provider: DuckDBTableProvider,
+) -> None:
     """The plain INSERT fails on both the duplicate key and the bad value; the ON CONFLICT
     path then skips the row already written, rejects the bad one alone and writes the rest."""
     created(provider)
