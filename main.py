@@ -7,9 +7,9 @@
 Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
 ``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
 ``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models),
-``DECODE_THREADS`` (default: the CPUs available), ``INFERENCE_THREADS`` and ``INFERENCE_STREAMS`` (ONNX
-Runtime: threads per stream and streams a micro-batch is split into; default one
-single-threaded stream per core, see ``models.load_model``).
+``DECODE_THREADS`` (default: torch's thread count, the cores), ``INFERENCE_THREADS`` and
+``INFERENCE_STREAMS`` (ONNX Runtime: threads per stream and streams a micro-batch is split
+into; default one single-threaded stream per core, see ``models.load_model``).
 """
 
 import os

@@ -9,7 +9,7 @@ these cores:
 
 * **Ceilings.** Bare model throughput on pre-decoded tensors at the processor's micro-batch
   size (16), with the backend and streams the processor uses; bare decode + preprocess throughput with
-  the processor's decode threads (one per CPU) on the same images.
+  the processor's decode threads (one per core) on the same images.
 * **Shared-cores ceiling.** ``1 / (1/decode + 1/model)``: both ceilings above use every
   core, so a pipeline whose decode and model share the cores cannot beat this bound.
 * **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
@@ -54,20 +54,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from processors.image_classification import available_cpus
-
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "buildflow.cli"]
 BUCKET = "buildflow-images"
 TABLE = "image_classification.predictions"
 BATCH = 16  # ImageClassificationProcessor.max_batch_size
-DECODE_THREADS = available_cpus()  # ImageClassificationProcessor's default decode_threads
 
 
 # -- ceilings ----------------------------------------------------------------------------------
-def decode_ceiling(datas: list[bytes], model: Any, threads: int = DECODE_THREADS) -> float:
-    """Images/s of decode + preprocess as the processor does it (same calls, same pool size)."""
+def decode_ceiling(datas: list[bytes], model: Any, threads: int | None = None) -> float:
+    """Images/s of decode + preprocess as the processor does it (same calls, same pool size:
+    ``threads`` defaults to the processor's default, ``torch.get_num_threads()``)."""
+    import torch
+
     from models import DEFAULT_MAX_PIXELS, decode_image
+
+    threads = threads or torch.get_num_threads()
 
     pre = model.preprocessing
 

@@ -61,9 +61,10 @@ class ImageClassificationProcessor(buildflow.Processor):
             bound on memory, as a micro-batch of 16 files is held at once). A larger file
             is dead-lettered with ``ImageFileTooLargeError``; when the event knows the
             object's size (bucket uploads) the file is not even read.
-        decode_threads: Threads that decode a micro-batch in parallel (default: the CPUs
-            this process may run on, ``os.sched_getaffinity``; 2 on the 2-core machines the
-            benchmarks ran on, where 3 measured no better). Decoding starts as
+        decode_threads: Threads that decode a micro-batch in parallel (default:
+            ``torch.get_num_threads()``, the cores torch would use, which follows
+            ``OMP_NUM_THREADS`` and so a Ray replica's ``num_cpus``; 2 on the 2-core
+            machines the benchmarks ran on, where 3 measured no better). Decoding starts as
             soon as the runtime pulls a micro-batch (:meth:`prefetch`), so batch k+1 is
             decoded while the model runs batch k.
         decode_nice: Niceness added to the decode threads (Linux; 0: none). Inference is
@@ -116,7 +117,7 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.backend = backend
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
-        self.decode_threads = decode_threads or available_cpus()
+        self.decode_threads = decode_threads
         self.decode_nice = decode_nice
         self.inference_threads = inference_threads
         self.inference_streams = inference_streams
@@ -161,6 +162,8 @@ class ImageClassificationProcessor(buildflow.Processor):
         # Metrics hold numbers only: the backend in use is a counter named after it.
         self.metrics.increment(f"backend_{self.model.backend}")
         logger.info("model %r runs on %s", self.model.name, self.model.backend)
+        if self.decode_threads is None:
+            self.decode_threads = torch.get_num_threads()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.decode_threads,
             thread_name_prefix="decode",
@@ -250,14 +253,6 @@ class ImageClassificationProcessor(buildflow.Processor):
                 )
             )
         return out
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else
-    ``os.cpu_count()``), at least 1."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def _lower_priority(nice: int) -> None:
