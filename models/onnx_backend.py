@@ -29,9 +29,9 @@ thread). On the CPU the default is one stream per core (``torch.get_num_threads(
 one thread each: independent single-threaded runs, the CPU plugin's "throughput streams" of
 OpenVINO, have no per-operator fork/join between cores, so a decode thread that takes a core
 for a moment delays one shard instead of stalling every parallel loop of the pass. Measured
-on 2 cores (interleaved A/B, decode threads at nice +10 beside inference, see NOTES.md):
-decode + inference pipeline 1.05-1.08x the throughput of one stream with 2 threads; bare
-model +2%. Passing ``intra_op_threads`` alone gives one stream with that many threads, the
+on 2 cores against one stream with 2 threads (interleaved A/B rounds, decode threads at nice
++10 beside inference, see NOTES.md): end to end 1.13x (median of 6 rounds, 1.07-1.23);
+decode + inference alone 1.05-1.12x; the bare model 1.02-1.10x. Passing ``intra_op_threads`` alone gives one stream with that many threads, the
 layout for latency at batch 1. Workers do not spin-wait after a run
 (``session.intra_op.allow_spinning = 0``): spinning workers would keep the cores busy while
 the next micro-batch is being decoded. Denormal floats are flushed to zero, as
