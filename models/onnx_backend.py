@@ -34,8 +34,9 @@ on 2 cores against one stream with 2 threads (interleaved A/B rounds, decode thr
 decode + inference alone 1.05-1.12x; the bare model 1.02-1.10x. Passing
 ``intra_op_threads`` alone gives one stream with that many threads, the layout for latency
 at batch 1. Workers do not spin-wait after a run (``session.intra_op.allow_spinning = 0``):
-spinning workers would keep the cores busy while the next micro-batch is being decoded. Denormal floats are flushed to zero, as
-``torch.set_flush_denormal(True)`` does on the torch path.
+spinning workers would keep the cores busy while the next micro-batch is being decoded.
+Denormal floats are flushed to zero, as ``torch.set_flush_denormal(True)`` does on the torch
+path.
 
 Nothing here imports onnxruntime at import time.
 """
