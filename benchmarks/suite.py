@@ -8,8 +8,8 @@ with random weights: throughput does not depend on the weights' values), in this
 these cores:
 
 * **Ceilings.** Bare model throughput on pre-decoded tensors at the processor's micro-batch
-  size (16), with the backend and streams the processor uses; bare decode + preprocess throughput with
-  the processor's decode threads (one per core) on the same images.
+  size (16), with the backend and streams the processor uses; bare decode + preprocess
+  throughput with the processor's decode threads (one per core) on the same images.
 * **Shared-cores ceiling.** ``1 / (1/decode + 1/model)``: both ceilings above use every
   core, so a pipeline whose decode and model share the cores cannot beat this bound.
 * **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
@@ -47,6 +47,7 @@ import datetime
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -343,32 +344,31 @@ def random_weights(model_name: str, work: Path) -> Path | None:
 
 
 def median_run(runs: list[dict[str, Any]], key: str = "images_per_s") -> dict[str, Any]:
-    """The run whose ``key`` is the median of ``runs`` (the lower middle one for an even
-    count), with every run's ``key`` added as ``<key>_runs``: repeats on a noisy VM
-    (+-10% between runs here) are summarised by a run that happened, not an average."""
-    ordered = sorted(runs, key=lambda r: r[key])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen[f"{key}_runs"] = [r[key] for r in runs]
+    """The run whose ``key`` is the median of ``runs`` (``statistics.median_low``: the lower
+    middle one for an even count), with every run's ``key`` added as ``<key>_runs``:
+    repeats on a noisy VM (+-10% between runs here) are summarised by a run that happened,
+    not an average."""
+    values = [r[key] for r in runs]
+    chosen = dict(runs[values.index(statistics.median_low(values))])
+    chosen[f"{key}_runs"] = values
     return chosen
 
 
-def median(xs: list[float]) -> float:
-    ordered = sorted(xs)
-    return ordered[(len(ordered) - 1) // 2]
+def with_range(value: float, runs: list[float], digits: int) -> str:
+    """``"80.9"``, or ``"80.9 (78.1-84.0)"`` with the range of the repeats."""
+    text = f"{value:.{digits}f}"
+    return text + (f" ({min(runs):.{digits}f}-{max(runs):.{digits}f})" if len(runs) > 1 else "")
 
 
 def spread(entry: dict[str, Any], key: str = "images_per_s") -> str:
-    """``"80.9"``, or ``"80.9 (78.1-84.0)"`` with the range of the repeats."""
-    runs = entry.get(f"{key}_runs") or []
-    text = f"{entry[key]:.1f}"
-    return text + (f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else "")
+    """``entry[key]`` with the range of its repeats (``<key>_runs``), one decimal."""
+    return with_range(entry[key], entry.get(f"{key}_runs") or [], 1)
 
 
 def ratio(m: dict[str, Any], key: str) -> str:
     """Median of the per-round ratios ``<key>_runs``, with their range: ``"0.52 (0.49-0.55)"``."""
     runs = m[f"{key}_runs"]
-    text = f"{median(runs):.2f}"
-    return text + (f" ({min(runs):.2f}-{max(runs):.2f})" if len(runs) > 1 else "")
+    return with_range(statistics.median_low(runs), runs, 2)
 
 
 def streams(m: dict[str, Any]) -> str:
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats",
         type=int,
         default=3,
-        help="runs of each ceiling and throughput figure (ours and the peer); the median is reported",
+        help="runs of each ceiling, throughput (ours, the peer) and overhead figure; the median is reported",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, default model, no peer: seconds")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
@@ -557,9 +557,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds = list(zip(ours_runs, decode_runs, model_runs))
             entry: dict[str, Any] = {
                 "model": model_name,
-                "decode_ceiling": median(decode_runs),
+                "decode_ceiling": statistics.median_low(decode_runs),
                 "decode_ceiling_runs": decode_runs,
-                "model_ceiling": median(model_runs),
+                "model_ceiling": statistics.median_low(model_runs),
                 "model_ceiling_runs": model_runs,
                 "streams": model.onnx_session.streams if model.onnx_session else None,
                 "ours": median_run(ours_runs),

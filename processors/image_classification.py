@@ -75,9 +75,9 @@ class ImageClassificationProcessor(buildflow.Processor):
         inference_threads: Threads of one forward pass (of one stream).
         inference_streams: ONNX Runtime: shards a micro-batch is split into, run at the
             same time (``models.load_model(streams=...)``). Default (both None): one
-            single-threaded stream per core, 1.05-1.08x the throughput of one 2-thread
-            stream beside the decode threads on 2 cores (NOTES.md); ``inference_threads``
-            alone gives one stream of that many threads.
+            single-threaded stream per core, end to end 1.13x the throughput of one
+            2-thread stream on 2 cores (median of 6 interleaved rounds, NOTES.md);
+            ``inference_threads`` alone gives one stream of that many threads.
         source: Another source of file events instead of the bucket, e.g.
             ``PubSubSubscription(...)`` whose messages carry images (``bucket_name`` then
             only names the default source and is not used).
