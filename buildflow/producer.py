@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from buildflow.errors import ConfigurationError
-from buildflow.io.kafka import KafkaTopic
+from buildflow.io.kafka.declarations import KafkaTopic
+from buildflow.io.kafka.envelope import confluent_kafka_module, encode_json_envelope
 
 __all__ = [
     "ProducerTarget",
@@ -71,10 +72,8 @@ class KafkaProducerTarget(ProducerTarget):
     headers = label/path), ``json`` (the JSON envelope) or ``reference`` (value = the path)."""
 
     def __init__(self, decl: KafkaTopic) -> None:
-        from buildflow.io.kafka_provider import _ck
-
         self.decl = decl
-        self._producer = _ck().Producer(
+        self._producer = confluent_kafka_module().Producer(
             {
                 "bootstrap.servers": decl.bootstrap_servers,
                 "linger.ms": 5,
@@ -89,8 +88,6 @@ class KafkaProducerTarget(ProducerTarget):
             self._errors.append(str(err))
 
     def send(self, name: str, data: bytes, *, label: str | None, path: Path | None = None) -> None:
-        from buildflow.io.kafka_provider import encode_json_envelope
-
         headers = [("label", label.encode())] if label else []
         if self.decl.payload_format == "json":
             value = encode_json_envelope(name, data, path=str(path) if path else name, label=label)

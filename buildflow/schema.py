@@ -34,6 +34,7 @@ description.
 
 from __future__ import annotations
 
+import base64
 import collections.abc
 import dataclasses
 import datetime
@@ -57,6 +58,7 @@ __all__ = [
     "diff_schemas",
     "row_to_record",
     "schema_from_dataclass",
+    "to_json",
 ]
 
 FieldType = Literal["STRING", "INT64", "FLOAT64", "BOOL", "BYTES", "TIMESTAMP", "DATE", "RECORD"]
@@ -1001,3 +1003,18 @@ def _diff_fields(
     for e in existing:
         if e.name.lower() not in declared_keys:
             out.append(SchemaDifference(prefix + e.name, "extra_in_existing", None, _type_mode(e)))
+
+
+def to_json(value: Any) -> Any:
+    """A row value (as :func:`row_to_record` gives it) as JSON-ready data, the way BigQuery's
+    JSON API and PostgreSQL's ``jsonb`` take it: TIMESTAMP and DATE as ISO 8601 strings, BYTES
+    as base64, RECORD (dict) and REPEATED (list) values recursively; anything else as is."""
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    return value

@@ -37,9 +37,13 @@ __all__ = [
     "OutputRecord",
     "DeadLetterRow",
     "RowRejection",
+    "DEAD_LETTER_TABLE_NAME",
 ]
 
 E = TypeVar("E")
+
+#: The table beside a sink table that holds its dead letters (same dataset or schema).
+DEAD_LETTER_TABLE_NAME = "buildflow_dead_letters"
 
 
 class SourceDeclaration(ABC):

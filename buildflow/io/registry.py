@@ -23,7 +23,7 @@ _SOURCES: dict[tuple[str, str], str] = {
     ("GCSFileStream", "gcp"): "buildflow.io.google.gcs:GCSFileStreamProvider",
     ("PubSubSubscription", "emulator"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
     ("PubSubSubscription", "gcp"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
-    ("KafkaTopic", _ANY): "buildflow.io.kafka_provider:KafkaSourceProvider",
+    ("KafkaTopic", _ANY): "buildflow.io.kafka.provider:KafkaSourceProvider",
     ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 
@@ -32,8 +32,8 @@ _SINKS: dict[tuple[str, str], str] = {
     ("BigQueryTable", "emulator"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("BigQueryTable", "gcp"): "buildflow.io.google.bigquery:BigQueryTableProvider",
     ("DuckDBTable", _ANY): "buildflow.io.local.duckdb_sink:DuckDBTableProvider",
-    ("PostgresTable", _ANY): "buildflow.io.postgres_provider:PostgresTableProvider",
-    ("KafkaTopic", _ANY): "buildflow.io.kafka_provider:KafkaSinkProvider",
+    ("PostgresTable", _ANY): "buildflow.io.postgres.provider:PostgresTableProvider",
+    ("KafkaTopic", _ANY): "buildflow.io.kafka.provider:KafkaSinkProvider",
     ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }
 

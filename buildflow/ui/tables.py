@@ -86,7 +86,7 @@ def table_ref(provider: SinkProvider, schema: TableSchema | None) -> TableRef | 
     """
     from buildflow.io.google.bigquery import BigQueryTableProvider
     from buildflow.io.local.duckdb_sink import DuckDBTableProvider
-    from buildflow.io.postgres_provider import PostgresTableProvider
+    from buildflow.io.postgres.provider import PostgresTableProvider
 
     newest = "failed_at" if schema is None else None
     if isinstance(provider, DuckDBTableProvider):

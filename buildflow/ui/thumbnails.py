@@ -59,7 +59,8 @@ def object_reader(source: SourceProvider, name: str) -> BlobReader | None:
 
     if isinstance(source, LocalBucketProvider):
         return LocalBlobReader(str(source.bucket_dir), name)
-    from buildflow.io.google.gcs import GCSBlobReader, GCSFileStreamProvider
+    from buildflow.io.google.blobs import GCSBlobReader
+    from buildflow.io.google.gcs import GCSFileStreamProvider
 
     if isinstance(source, GCSFileStreamProvider):
         return GCSBlobReader(source.environment, source.project, source.declaration.bucket_name, name, None)

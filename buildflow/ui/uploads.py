@@ -112,8 +112,8 @@ class Uploader:
         return "producer" if self._producer_target_factory() is not None else "upload"
 
     def _producer_target_factory(self) -> Any:
+        from buildflow.io.google.declarations import PubSubSubscription
         from buildflow.io.kafka import KafkaTopic
-        from buildflow.io.pubsub import PubSubSubscription
 
         decl = self.bound.spec.source
         if isinstance(decl, KafkaTopic):

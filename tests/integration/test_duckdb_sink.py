@@ -25,8 +25,8 @@ from buildflow.errors import (
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, SinkDeclaration, SinkRuntime
-from buildflow.io.duckdb import DuckDBTable
-from buildflow.io.gcp import BigQueryTable
+from buildflow.io.google.declarations import BigQueryTable
+from buildflow.io.local import DuckDBTable
 from buildflow.io.local.duckdb_sink import (
     DuckDBTableProvider,
     create_table_sql,

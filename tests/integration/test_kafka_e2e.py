@@ -198,7 +198,7 @@ def test_two_consumers_split_partitions_and_one_dies(kafka_app: dict[str, Any]) 
 def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(kafka_app: dict[str, Any]) -> None:
     from confluent_kafka import Producer
 
-    from buildflow.io.kafka_provider import encode_json_envelope
+    from buildflow.io.kafka.provider import encode_json_envelope
 
     extra = {"FORMAT": "json", "MAX_BYTES": "400000"}
     cli(kafka_app, "plan", "kafka_app:app", "--yes", **extra)
@@ -289,7 +289,7 @@ def test_kafka_sink_writes_rows_as_json_keyed_by_event_id(kafka_app: dict[str, A
     from buildflow.environment import Environment
     from buildflow.io import KafkaTopic
     from buildflow.io.base import OutputRecord
-    from buildflow.io.kafka_provider import KafkaSinkProvider
+    from buildflow.io.kafka.provider import KafkaSinkProvider
     from buildflow.provisioning import apply, plan
     from buildflow.schema import TableSchema
 

@@ -21,7 +21,7 @@ from buildflow.environment import Environment
 from buildflow.errors import DestroyProtectedError, ResourceMissingError
 from buildflow.events import GCSFileEvent
 from buildflow.io.base import Envelope
-from buildflow.io.gcp import GCSFileStream
+from buildflow.io.google.declarations import GCSFileStream
 from buildflow.io.local.folder import LocalBlobReader, LocalBucketProvider, LocalBucketSource
 from buildflow.provisioning import apply, destroy, plan, plan_destroy
 

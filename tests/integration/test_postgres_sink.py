@@ -37,7 +37,7 @@ from buildflow.errors import (
 from buildflow.io import GCSFileEvent, GCSFileStream, PostgresTable
 from buildflow.io.base import OutputRecord, RowRejection, SinkRuntime
 from buildflow.io.postgres import mask_dsn
-from buildflow.io.postgres_provider import PostgresTableProvider, create_table_sql
+from buildflow.io.postgres.provider import PostgresTableProvider, create_table_sql
 from buildflow.io.registry import sink_provider
 from buildflow.processor import inspect_processor
 from buildflow.provisioning import apply, destroy, plan, plan_destroy

@@ -92,7 +92,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
-import datetime
 import hashlib
 import json
 import logging
@@ -102,11 +101,11 @@ from typing import Any
 from buildflow.environment import Environment
 from buildflow.errors import ProvisioningError, SchemaError, TransientSinkError
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
-from buildflow.io.gcp import BigQueryTable, BigQueryWriteMode
 from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
+from buildflow.io.google.declarations import BigQueryTable, BigQueryWriteMode
 from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
-from buildflow.schema import SchemaField, TableSchema, diff_schemas
+from buildflow.schema import SchemaField, TableSchema, diff_schemas, to_json
 
 __all__ = [
     "BigQueryTableProvider",
@@ -146,20 +145,6 @@ _TRANSIENT_REASONS = frozenset(
     {"backendError", "internalError", "rateLimitExceeded", "quotaExceeded", "jobRateLimitExceeded"}
 )
 _TRANSIENT_MESSAGES = ("could not serialize access", "too many dml statements", "exceeded rate limits")
-
-
-def to_json(value: Any) -> Any:
-    """A row value as BigQuery's JSON wants it: TIMESTAMP/DATE as ISO 8601 strings, BYTES
-    as base64, RECORD/REPEATED recursively."""
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    return value
 
 
 def insert_id(record: OutputRecord) -> str:

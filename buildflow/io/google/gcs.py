@@ -16,16 +16,15 @@ number of redeliveries (and duplicate notifications).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.events import BlobReader, GCSFileEvent
+from buildflow.events import GCSFileEvent
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
-from buildflow.io.gcp import GCSFileStream
+from buildflow.io.google.blobs import GCSBlobReader
 from buildflow.io.google.clients import (
     cloud_error_line,
     gcs_events_topic,
@@ -33,6 +32,7 @@ from buildflow.io.google.clients import (
     resolve_project,
     storage_client,
 )
+from buildflow.io.google.declarations import GCSFileStream
 from buildflow.io.google.pubsub import (
     Decoded,
     PubSubPullSource,
@@ -41,41 +41,11 @@ from buildflow.io.google.pubsub import (
 )
 from buildflow.provisioning import Resource, ResourceState
 
-__all__ = ["GCSFileStreamProvider", "GCSBlobReader", "decode_notification"]
+__all__ = ["GCSFileStreamProvider", "GCSBlobReader", "decode_notification"]  # GCSBlobReader: re-export
 
 log = logging.getLogger("buildflow.io.gcs")
 
 _REQUIRED_ATTRIBUTES = ("bucketId", "objectId", "objectGeneration", "eventType")
-
-
-@dataclasses.dataclass(frozen=True)
-class GCSBlobReader(BlobReader):
-    """Downloads one generation of an object (so an overwrite never changes what an event
-    reads); ``generation=None`` reads the live one."""
-
-    env: Environment
-    project: str | None
-    bucket: str
-    name: str
-    generation: int | None
-
-    def read(self) -> bytes:
-        from google.api_core import exceptions
-
-        blob = (
-            storage_client(self.env, self.project)
-            .bucket(self.bucket)
-            .blob(self.name, generation=self.generation)
-        )
-        try:
-            data: bytes = blob.download_as_bytes()
-        except exceptions.NotFound as e:
-            raise FileNotFoundError(
-                f"gs://{self.bucket}/{self.name}"
-                + (f"#{self.generation}" if self.generation is not None else "")
-                + " does not exist"
-            ) from e
-        return data
 
 
 def _parse_time(text: str | None) -> datetime.datetime:

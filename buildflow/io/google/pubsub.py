@@ -19,8 +19,9 @@ from typing import Any
 
 from buildflow.environment import Environment
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
+from buildflow.io.google.blobs import GCSBlobReader
 from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
-from buildflow.io.pubsub import PubSubSubscription
+from buildflow.io.google.declarations import PubSubSubscription
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 
@@ -291,7 +292,6 @@ def decode_message(received: Any, decl: PubSubSubscription, env: Environment) ->
     """A received message -> envelope of a :class:`PubSubMessageEvent` (or one with
     ``error`` set: an empty message, or a malformed ``gs://`` reference)."""
     from buildflow.events import PubSubMessageEvent
-    from buildflow.io.google.gcs import GCSBlobReader
 
     m = received.message
     attrs = dict(m.attributes)

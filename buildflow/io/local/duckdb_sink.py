@@ -38,8 +38,8 @@ from buildflow.errors import (
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
-from buildflow.io.duckdb import DuckDBTable
-from buildflow.io.gcp import BigQueryTable
+from buildflow.io.google.declarations import BigQueryTable
+from buildflow.io.local.declarations import DuckDBTable
 from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import SchemaField, TableSchema, diff_schemas

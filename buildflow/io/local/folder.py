@@ -42,7 +42,7 @@ from typing import Any
 
 from buildflow.events import BlobReader, GCSFileEvent
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
-from buildflow.io.gcp import GCSFileStream
+from buildflow.io.google.declarations import GCSFileStream
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 

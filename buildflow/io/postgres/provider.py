@@ -32,15 +32,13 @@ one, connecting at once instead of after the pool's own growing reconnect backof
 
 The password of the DSN is never printed: the pool gets the DSN without it (the password
 goes as a separate connection argument), and every message buildflow raises is scrubbed
-of it (:func:`buildflow.io.postgres.mask_dsn` shows ``postgresql://user:***@host/db``).
+of it (:func:`buildflow.io.postgres.declarations.mask_dsn` shows ``postgresql://user:***@host/db``).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -57,10 +55,10 @@ from buildflow.errors import (
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
-from buildflow.io.postgres import ENV_PREFIX, PostgresTable, mask_dsn
+from buildflow.io.postgres.declarations import ENV_PREFIX, PostgresTable, mask_dsn
 from buildflow.provisioning import Resource, ResourceState, require_ready
 from buildflow.runtime.threads import BlockingWorker
-from buildflow.schema import SchemaField, TableSchema
+from buildflow.schema import SchemaField, TableSchema, to_json
 
 __all__ = [
     "PostgresTableProvider",
@@ -131,20 +129,6 @@ def create_table_sql(schema_name: str, table: str, schema: TableSchema) -> str:
     cols += [f"{q(n)} {t}" for n, t in META_COLUMNS]
     cols.append('PRIMARY KEY ("_event_id", "_row_index")')
     return f"CREATE TABLE {q(schema_name)}.{q(table)} (\n  " + ",\n  ".join(cols) + "\n)"
-
-
-def to_json(value: Any) -> Any:
-    """A RECORD/REPEATED value as JSON-ready data: TIMESTAMP and DATE as ISO 8601 strings,
-    BYTES as base64, nested dicts and lists recursively."""
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode("ascii")
-    return value
 
 
 def _one_line(e: BaseException) -> str:

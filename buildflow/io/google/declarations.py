@@ -1,4 +1,5 @@
-"""Google Cloud declarations: :class:`GCSFileStream` and :class:`BigQueryTable`.
+"""Google Cloud declarations: :class:`GCSFileStream`, :class:`BigQueryTable` and
+:class:`PubSubSubscription`.
 
 Declarations only: nothing here imports a Google SDK. The provider that gives them life
 is chosen by the environment (``local``: a folder and a DuckDB table; ``emulator`` and
@@ -12,10 +13,16 @@ import re
 from typing import ClassVar, Literal, get_args
 
 from buildflow.errors import ConfigurationError
-from buildflow.events import GCSFileEvent
-from buildflow.io.base import SinkDeclaration, SourceDeclaration
+from buildflow.events import GCSFileEvent, PubSubMessageEvent
+from buildflow.io.base import DEAD_LETTER_TABLE_NAME, SinkDeclaration, SourceDeclaration
 
-__all__ = ["GCSFileStream", "BigQueryTable", "BigQueryWriteMode", "DEAD_LETTER_TABLE_NAME"]
+__all__ = [
+    "GCSFileStream",
+    "BigQueryTable",
+    "BigQueryWriteMode",
+    "PubSubSubscription",
+    "DEAD_LETTER_TABLE_NAME",
+]
 
 # https://cloud.google.com/storage/docs/buckets#naming (the common subset: no dots)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
@@ -23,8 +30,6 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-
-DEAD_LETTER_TABLE_NAME = "buildflow_dead_letters"
 
 BigQueryWriteMode = Literal["merge", "insert_id"]
 """How :class:`BigQueryTable` writes rows in ``gcp``/``emulator`` (see its docstring)."""
@@ -176,3 +181,59 @@ class BigQueryTable(SinkDeclaration):
             destroy_protection=self.destroy_protection,
             write_mode=self.write_mode,
         )
+
+
+_PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PubSubSubscription(SourceDeclaration):
+    """A Pub/Sub pull subscription, delivering :class:`PubSubMessageEvent`.
+
+    A message's payload is the file (e.g. JPEG bytes), or a ``gs://bucket/object``
+    reference (in the payload or the ``uri`` attribute) that the event downloads. ``plan``
+    creates the topic and the subscription. Not available in ``local``.
+
+    Args:
+        project_id: The GCP project of both.
+        subscription: Subscription name (short, not the full path).
+        topic: Topic name (short), or ``projects/<p>/topics/<t>`` for another project's.
+        ack_deadline_secs: 10-600 s; leases of in-flight messages are extended to it.
+
+    Raises:
+        ConfigurationError: a name or value is invalid.
+    """
+
+    project_id: str
+    subscription: str
+    topic: str
+    ack_deadline_secs: int = 60
+
+    event_type: ClassVar[type] = PubSubMessageEvent
+
+    def __post_init__(self) -> None:
+        topic = self.topic.rsplit("/", 1)[-1]
+        for what, value in (("subscription", self.subscription), ("topic", topic)):
+            if not _PUBSUB_NAME.match(value) or value.startswith("goog"):
+                raise ConfigurationError(
+                    f"PubSubSubscription: invalid {what} {value!r}: 3-255 letters, digits or "
+                    "-._~+%, starting with a letter and not with 'goog'."
+                )
+        if not 10 <= self.ack_deadline_secs <= 600:
+            raise ConfigurationError(
+                f"PubSubSubscription: ack_deadline_secs={self.ack_deadline_secs!r} is outside "
+                "Pub/Sub's allowed range 10..600."
+            )
+
+    @property
+    def topic_path(self) -> str:
+        if self.topic.startswith("projects/"):
+            return self.topic
+        return f"projects/{self.project_id}/topics/{self.topic}"
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.project_id}/subscriptions/{self.subscription}"
+
+    def describe(self) -> str:
+        return f"PubSubSubscription({self.subscription!r})"

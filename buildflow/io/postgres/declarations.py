@@ -1,6 +1,6 @@
 """The :class:`PostgresTable` declaration: a table in a PostgreSQL database, in any environment.
 
-Declaration only: psycopg is imported by the provider (``buildflow.io.postgres_provider``),
+Declaration only: psycopg is imported by the provider (``buildflow.io.postgres.provider``),
 on the worker.
 """
 
@@ -10,8 +10,7 @@ import dataclasses
 import re
 
 from buildflow.errors import ConfigurationError
-from buildflow.io.base import SinkDeclaration
-from buildflow.io.gcp import DEAD_LETTER_TABLE_NAME
+from buildflow.io.base import DEAD_LETTER_TABLE_NAME, SinkDeclaration
 
 __all__ = ["PostgresTable", "mask_dsn", "ENV_PREFIX"]
 

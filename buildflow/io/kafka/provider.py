@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from buildflow.errors import MissingDependencyError, ProvisioningError, TransientSinkError
+from buildflow.errors import ProvisioningError, TransientSinkError
 from buildflow.events import BlobReader
 from buildflow.io.base import (
     Envelope,
@@ -34,25 +34,16 @@ from buildflow.io.base import (
     SourceProvider,
     SourceRuntime,
 )
-from buildflow.io.kafka import KafkaMessageEvent, KafkaTopic
+from buildflow.io.kafka.declarations import KafkaMessageEvent, KafkaTopic
+from buildflow.io.kafka.envelope import confluent_kafka_module as _ck
+from buildflow.io.kafka.envelope import encode_json_envelope as encode_json_envelope
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
-from buildflow.schema import TableSchema
+from buildflow.schema import TableSchema, to_json
 
 __all__ = ["KafkaSourceProvider", "KafkaSinkProvider", "decode_record", "encode_json_envelope"]
 
 log = logging.getLogger("buildflow.io.kafka")
-
-
-def _ck() -> Any:
-    try:
-        import confluent_kafka
-        import confluent_kafka.admin  # noqa: F401  (a submodule, not imported by the package)
-    except ImportError as e:
-        raise MissingDependencyError(
-            "confluent-kafka is not installed; KafkaTopic needs it: run `pip install confluent-kafka`"
-        ) from e
-    return confluent_kafka
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +67,6 @@ class LocalFileBlob(BlobReader):
         if not target.is_relative_to(root):
             raise PermissionError(f"reference {self.path!r} resolves outside reference_root {str(root)!r}")
         return target.read_bytes()
-
-
-def encode_json_envelope(
-    image_id: str, data: bytes, *, path: str | None = None, label: str | None = None
-) -> bytes:
-    """The JSON envelope payload format: ``{"image_id", "path", "label", "image_data", "timestamp"}``."""
-    return json.dumps(
-        {
-            "image_id": image_id,
-            "path": path or image_id,
-            "label": label,
-            "image_data": base64.b64encode(data).decode("ascii"),
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
-        }
-    ).encode()
 
 
 def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
@@ -128,7 +104,7 @@ def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
         ref = value.decode("utf-8", "replace").strip()
         name = key or ref
         if ref.startswith("gs://"):
-            from buildflow.io.google.gcs import GCSBlobReader
+            from buildflow.io.google.blobs import GCSBlobReader
 
             bucket, _, obj = ref.removeprefix("gs://").partition("/")
             if bucket and obj:
@@ -366,8 +342,6 @@ class KafkaSink(SinkRuntime):
         self._producer: Any = None
 
     def _write(self, records: Sequence[OutputRecord]) -> None:
-        from buildflow.io.google.bigquery import to_json
-
         ck = _ck()
         if self._producer is None:
             self._producer = ck.Producer(

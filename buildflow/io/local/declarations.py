@@ -6,8 +6,7 @@ import dataclasses
 import re
 
 from buildflow.errors import ConfigurationError
-from buildflow.io.base import SinkDeclaration
-from buildflow.io.gcp import DEAD_LETTER_TABLE_NAME
+from buildflow.io.base import DEAD_LETTER_TABLE_NAME, SinkDeclaration
 
 __all__ = ["DuckDBTable"]
 

@@ -1,0 +1,5 @@
+"""``python -m buildflow.cli``."""
+
+from buildflow.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""``buildflow upload`` (into the app's source) and ``buildflow produce`` (a folder or a data
+set to a Kafka or Pub/Sub topic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from buildflow.cli._common import (
+    AppArg,
+    EnvOpt,
+    LogOpt,
+    StateOpt,
+    choose_processor,
+    cli,
+    configure_logging,
+    err,
+    fail,
+    load_app,
+    out,
+)
+from buildflow.errors import BuildflowError
+
+
+@cli.command("upload")
+def upload_cmd(
+    app: AppArg,
+    files: Annotated[
+        list[Path], typer.Argument(help="Files to upload (their base names become object names).")
+    ],
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    processor: Annotated[
+        str | None, typer.Option("--processor", help="Whose source (default: the first processor's).")
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="Prepended to each object name.")] = "",
+    log_level: LogOpt = "warning",
+) -> None:
+    """Upload files into the app's source (local: the bucket folder; emulator/gcp: the GCS
+    bucket), the way a user would."""
+    import mimetypes
+
+    configure_logging(log_level)
+    try:
+        node = load_app(app)
+        chosen = choose_processor(node.bind(node.environment(env, state_dir)), processor)
+        for f in files:
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                raise BuildflowError(f"cannot read {str(f)!r}: {e.strerror}") from e
+            where = chosen.source.upload(prefix + f.name, data, mimetypes.guess_type(f.name)[0])
+            out.print(f"uploaded {f} -> {where}", markup=False)
+    except NotImplementedError as e:
+        raise fail(e) from e
+    except BuildflowError as e:
+        raise fail(e) from e
+
+
+@cli.command("produce")
+def produce_cmd(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder of images; sub-folder names become labels.")
+    ] = None,
+    kafka: Annotated[str | None, typer.Option("--kafka", help="HOST:PORT/TOPIC of a Kafka topic.")] = None,
+    pubsub: Annotated[
+        str | None, typer.Option("--pubsub", help="projects/P/topics/T of a Pub/Sub topic.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Kafka payload: raw | json | reference.")] = "raw",
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.001, help="Images per second (default: as fast as possible)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most this many.")] = None,
+    fashion_mnist: Annotated[
+        bool,
+        typer.Option(
+            "--fashion-mnist",
+            help="Publish Fashion-MNIST images (PNG, true class name as label) instead of a folder.",
+        ),
+    ] = False,
+    split: Annotated[str, typer.Option("--split", help="Fashion-MNIST split: test | train.")] = "test",
+    start: Annotated[int, typer.Option("--start", min=0, help="First Fashion-MNIST index sent.")] = 0,
+    end: Annotated[
+        int | None, typer.Option("--end", min=1, help="Fashion-MNIST index to stop before (default: all).")
+    ] = None,
+    log_level: LogOpt = "warning",
+) -> None:
+    """Publish a folder of images (recursively), or Fashion-MNIST images by index range
+    (--fashion-mnist --start 0 --end 1000), to a Kafka or Pub/Sub topic, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from buildflow.io.kafka import KafkaTopic
+    from buildflow.producer import (
+        KafkaProducerTarget,
+        ProducerTarget,
+        PubSubProducerTarget,
+        produce,
+        produce_items,
+    )
+
+    configure_logging(log_level)
+    try:
+        if (folder is None) != fashion_mnist:
+            raise BuildflowError("give exactly one of FOLDER or --fashion-mnist")
+        if split not in ("train", "test"):
+            raise BuildflowError(f"--split {split!r}: use 'test' or 'train'")
+        if fashion_mnist and fmt == "reference":
+            raise BuildflowError("--fashion-mnist sends image bytes: use --format raw or json")
+        if (kafka is None) == (pubsub is None):
+            raise BuildflowError(
+                "give exactly one of --kafka HOST:PORT/TOPIC or --pubsub projects/P/topics/T"
+            )
+        target: ProducerTarget
+        if kafka is not None:
+            servers, _, topic = kafka.rpartition("/")
+            if not servers or not topic:
+                raise BuildflowError(f"--kafka {kafka!r}: expected HOST:PORT/TOPIC")
+            target = KafkaProducerTarget(KafkaTopic(servers, topic, payload_format=fmt))  # type: ignore[arg-type]
+        else:
+            assert pubsub is not None
+            target = PubSubProducerTarget(pubsub)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        ) as bar:
+            what = f"Fashion-MNIST {split} {start}..{end if end is not None else 'end'}"
+            task = bar.add_task(f"producing {folder if folder is not None else what}", total=None)
+            if folder is not None:
+                sent = produce(
+                    folder,
+                    target,
+                    rate=rate,
+                    limit=limit,
+                    on_sent=lambda n, total: bar.update(task, completed=n, total=total),
+                )
+            else:
+                from buildflow.datasets import fashion_mnist_png
+
+                if limit is not None:
+                    end = min(end, start + limit) if end is not None else start + limit
+                sent = produce_items(
+                    fashion_mnist_png("train" if split == "train" else "test", start, end),
+                    target,
+                    total=(end - start) if end is not None else None,
+                    rate=rate,
+                    on_sent=lambda n, total: bar.update(task, completed=n, total=total),
+                )
+        out.print(f"sent {sent} images to {kafka or pubsub}", markup=False)
+    except RuntimeError as e:
+        raise fail(e) from e
+    except BuildflowError as e:
+        raise fail(e) from e

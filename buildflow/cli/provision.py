@@ -1,0 +1,99 @@
+"""``buildflow plan`` and ``buildflow destroy``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from buildflow.cli._common import (
+    AppArg,
+    EnvOpt,
+    LogOpt,
+    StateOpt,
+    YesOpt,
+    cli,
+    configure_logging,
+    confirm,
+    err,
+    fail,
+    load_app,
+    out,
+    print_changes,
+)
+from buildflow.errors import BuildflowError
+from buildflow.provisioning import apply, destroy, plan, plan_destroy
+
+
+@cli.command("plan")
+def plan_cmd(
+    app: AppArg,
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    yes: YesOpt = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Show what the app declares against what exists (create / update / no change /
+    conflict), then apply after confirmation."""
+    configure_logging(log_level)
+    try:
+        node = load_app(app)
+        environment = node.environment(env, state_dir)
+        changes = plan(node.resources(environment))
+        print_changes(f"plan for {node.name!r} in {environment.name!r} ({environment.state_dir})", changes)
+        conflicts = [c for c in changes if c.action == "conflict"]
+        if conflicts:
+            err.print(
+                Text(
+                    f"error: {len(conflicts)} conflict(s): the existing resources differ from the "
+                    "declarations in ways plan will not change. Change the row dataclass back, use a "
+                    "new table name, or destroy the old resource.",
+                    style="bold red",
+                )
+            )
+            raise typer.Exit(1)
+        todo = [c for c in changes if c.action in ("create", "update")]
+        if not todo:
+            out.print("No changes. Everything the app declares exists.")
+            return
+        if not confirm(f"Apply {len(todo)} change(s)?", yes):
+            out.print("Nothing applied.")
+            raise typer.Exit(1)
+        apply(changes)
+        out.print(Text(f"Applied {len(todo)} change(s).", style="green"))
+    except BuildflowError as e:
+        raise fail(e) from e
+
+
+@cli.command("destroy")
+def destroy_cmd(
+    app: AppArg,
+    env: EnvOpt = None,
+    state_dir: StateOpt = None,
+    yes: YesOpt = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also delete protected tables and non-empty buckets.")
+    ] = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Delete what the app manages. Refuses protected resources unless --force."""
+    configure_logging(log_level)
+    try:
+        node = load_app(app)
+        environment = node.environment(env, state_dir)
+        changes = plan_destroy(node.resources(environment), force=force)
+        print_changes(f"destroy {node.name!r} in {environment.name!r}", changes)
+        if any(c.action == "protected" for c in changes):
+            destroy(changes)  # raises DestroyProtectedError with the fix
+        todo = [c for c in changes if c.action == "delete"]
+        if not todo:
+            out.print("Nothing to destroy.")
+            return
+        if not confirm(f"Delete {len(todo)} resource(s) and everything in them?", yes):
+            out.print("Nothing deleted.")
+            raise typer.Exit(1)
+        destroy(changes)
+        out.print(Text(f"Deleted {len(todo)} resource(s).", style="green"))
+    except BuildflowError as e:
+        raise fail(e) from e

@@ -1,0 +1,45 @@
+"""The Kafka wire formats shared by the source, the sink and ``buildflow produce``: the JSON
+envelope of ``payload_format="json"`` and the lazily imported client library. Below the
+provider and the producer, so neither imports the other for them."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from typing import Any
+
+from buildflow.errors import MissingDependencyError
+
+__all__ = ["confluent_kafka_module", "encode_json_envelope"]
+
+
+def confluent_kafka_module() -> Any:
+    """The ``confluent_kafka`` package (with its ``admin`` submodule), imported on first use.
+
+    Raises:
+        MissingDependencyError: confluent-kafka is not installed.
+    """
+    try:
+        import confluent_kafka
+        import confluent_kafka.admin  # noqa: F401  (a submodule, not imported by the package)
+    except ImportError as e:
+        raise MissingDependencyError(
+            "confluent-kafka is not installed; KafkaTopic needs it: run `pip install confluent-kafka`"
+        ) from e
+    return confluent_kafka
+
+
+def encode_json_envelope(
+    image_id: str, data: bytes, *, path: str | None = None, label: str | None = None
+) -> bytes:
+    """The JSON envelope payload format: ``{"image_id", "path", "label", "image_data", "timestamp"}``."""
+    return json.dumps(
+        {
+            "image_id": image_id,
+            "path": path or image_id,
+            "label": label,
+            "image_data": base64.b64encode(data).decode("ascii"),
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+        }
+    ).encode()
