@@ -22,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "TransientSinkError",
     "RowRejectedError",
+    "PipelineStageError",
 ]
 
 
@@ -83,3 +84,9 @@ class TransientSinkError(BuildflowError):
 class RowRejectedError(BuildflowError):
     """A sink refused a row for good (e.g. a BigQuery ``insertErrors`` entry); the event is
     dead-lettered with the sink's reason."""
+
+
+class PipelineStageError(BuildflowError):
+    """A stage of a running pipeline failed for good (a source's pull or ack raised an
+    error it does not retry itself): the run stops with ``stop_reason="error"`` and this
+    message in ``RunSummary.error``; events not acked are delivered again next run."""

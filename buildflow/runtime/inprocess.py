@@ -31,12 +31,13 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from buildflow.errors import (
     BuildflowError,
+    PipelineStageError,
     ProcessorDefinitionError,
     RowRejectedError,
     RowValidationError,
@@ -59,6 +60,7 @@ from buildflow.runtime.base import (
     Runtime,
     StopReason,
 )
+from buildflow.runtime.retry import Backoff
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, row_to_record, schema_from_dataclass
 
@@ -118,6 +120,8 @@ class _Worker:
 
     def __init__(self, bound: BoundProcessor, options: RunOptions, run: _Run) -> None:
         self.bound = bound
+        self.rng = run.rng
+        self.sleep = run.sleep
         self.spec = bound.spec
         self.options = options
         self.run = run
@@ -149,18 +153,30 @@ class _Worker:
         self.stats.setup_s = time.monotonic() - t0
         log.info("processor %s ready: setup() took %.2f s", self.spec.name, self.stats.setup_s)
 
-    async def close(self) -> None:
+    async def close(self) -> list[str]:
+        """``teardown``, then close the source, the sink and the dead-letter sink; each is
+        tried whatever the others did. Returns a message per failure (the run's error)."""
+        failures: list[str] = []
         if self.set_up:
             try:
                 await self.thread.run(self.spec.processor.teardown)
-            except Exception:
-                log.exception("processor %s: teardown() failed", self.spec.name)
+            except Exception as e:
+                failures.append(f"processor {self.spec.name}: teardown() failed: {_reason(e)}")
+                log.exception("%s", failures[-1])
             self.stats.teardown_calls += 1
         self.thread.stop()
-        for handle in (self.source, self.sink, self.dl_sink):
+        for what, handle in (
+            ("source", self.source),
+            ("sink", self.sink),
+            ("dead-letter sink", self.dl_sink),
+        ):
             if handle is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await handle.close()
+                except Exception as e:
+                    failures.append(f"processor {self.spec.name}: closing its {what} failed: {_reason(e)}")
+                    log.error("%s", failures[-1], exc_info=not isinstance(e, BuildflowError))
+        return failures
 
     # -- stage 1: pull and form micro-batches ------------------------------------
     async def pull_loop(self) -> None:
@@ -181,7 +197,13 @@ class _Worker:
                     if want == 0:
                         self.run.request_stop("max-events")
                         break
-                    got = await self.source.pull(want, timeout)
+                    try:
+                        got = await self.source.pull(want, timeout)
+                    except Exception as e:  # a source retries what is transient itself
+                        raise PipelineStageError(
+                            f"processor {self.spec.name}: pulling from {self.source_label} failed: "
+                            f"{_reason(e)}; the events not acked are delivered again on the next run"
+                        ) from e
                     if len(got) < want and self.run.budget.remaining is not None:
                         self.run.budget.remaining += want - len(got)
                     if got:
@@ -367,7 +389,14 @@ class _Worker:
                         result.dead[r.index].event_id,
                         r.reason,
                     )
-            await self.source.ack(result.envelopes)
+            try:
+                await self.source.ack(result.envelopes)
+            except Exception as e:
+                raise PipelineStageError(
+                    f"processor {self.spec.name}: acking {len(result.envelopes)} events on "
+                    f"{self.source_label} failed: {_reason(e)}; their rows are written, so the "
+                    "redelivery on the next run is skipped by the sink's (event id, row index) key"
+                ) from e
             self.inflight -= merged
             now = time.monotonic()
             wall = datetime.datetime.now(datetime.UTC)
@@ -395,7 +424,7 @@ class _Worker:
     async def _write_with_retry(
         self, sink: SinkRuntime, records: list[OutputRecord], what: str
     ) -> Sequence[RowRejection] | None:
-        delay_ms = self.options.sink_retry_initial_ms
+        backoff: Backoff | None = None
         attempt = 1
         while True:
             try:
@@ -405,18 +434,20 @@ class _Worker:
             except Exception as e:
                 err = e
             self.stats.sink_retries += 1
+            if backoff is None:
+                backoff = Backoff(
+                    self.options.sink_retry_initial_ms, self.options.sink_retry_max_ms, self.rng
+                )
             log.warning(
                 "processor %s: %s write of %d rows failed (attempt %d), retrying in <= %d ms: %s",
                 self.spec.name,
                 what,
                 len(records),
                 attempt,
-                delay_ms,
+                backoff.ceiling_ms,
                 _reason(err),
             )
-            # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
-            await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
-            delay_ms = min(delay_ms * 2, self.options.sink_retry_max_ms)
+            await self.sleep(backoff.next_delay_s())
             attempt += 1
 
     async def is_idle(self) -> bool:
@@ -436,8 +467,15 @@ class _Worker:
 
 
 class _Run:
-    def __init__(self, options: RunOptions) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.options = options
+        self.rng = rng
+        self.sleep = sleep
         self.stopping = asyncio.Event()
         self.stop_reason: StopReason = "stopped"
         self.budget = _Budget(options.max_events)
@@ -468,9 +506,24 @@ class _Run:
 
 
 class InProcessRuntime(Runtime):
-    """Runs every processor of an app in this process, on one asyncio event loop."""
+    """Runs every processor of an app in this process, on one asyncio event loop.
 
-    def __init__(self) -> None:
+    Args:
+        retry_rng: The jitter of sink-write retries (:class:`~buildflow.runtime.retry.Backoff`);
+            a seeded ``random.Random`` makes the delay schedule reproducible. Default: the
+            ``random`` module's generator.
+        retry_sleep: Awaited with each retry delay (seconds). Default ``asyncio.sleep``;
+            tests pass one that records the schedule.
+    """
+
+    def __init__(
+        self,
+        *,
+        retry_rng: random.Random | None = None,
+        retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._retry_rng = retry_rng
+        self._retry_sleep = retry_sleep
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: _Run | None = None
         self._early_stop: StopReason | None = None
@@ -512,7 +565,7 @@ class InProcessRuntime(Runtime):
         on_progress: Callable[[list[ProcessorStats], float], None] | None,
     ) -> RunSummary:
         loop = asyncio.get_running_loop()
-        run = _Run(options)
+        run = _Run(options, self._retry_rng, self._retry_sleep)
         self._loop, self._active = loop, run
         if self._early_stop is not None:
             run.request_stop(self._early_stop)
@@ -553,14 +606,19 @@ class InProcessRuntime(Runtime):
                 await asyncio.gather(*(w.refresh_backlog() for w in workers))
                 on_progress([w.stats for w in workers], time.monotonic() - run.started)
         finally:
+            close_errors: list[str] = []
             for w in workers:
                 if run.hard.is_set():  # the worker thread may be stuck in user code
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(w.close(), timeout=5)
+                    try:
+                        close_errors += await asyncio.wait_for(w.close(), timeout=5)
+                    except TimeoutError:
+                        log.warning("processor %s: teardown/close did not finish within 5 s", w.bound.name)
                 else:
-                    await w.close()
+                    close_errors += await w.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            if close_errors:
+                error = "; ".join([*([error] if error else []), *close_errors])
         if error:
             run.stop_reason = "error"
         return self._summary(workers, run, lag[0], error)
@@ -583,7 +641,10 @@ class InProcessRuntime(Runtime):
                     if not t.cancelled() and t.exception() is not None:
                         exc = t.exception()
                         assert exc is not None
-                        error = f"{t.get_name()} failed: {_reason(exc)}"
+                        if isinstance(exc, PipelineStageError):  # names the processor and the stage
+                            error = str(exc)
+                        else:
+                            error = f"{t.get_name()} failed: {_reason(exc)}"
                         log.error("%s", error, exc_info=exc)
                         run.request_stop("error")
                         run.hard.set()

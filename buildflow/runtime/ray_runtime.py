@@ -707,13 +707,25 @@ class RayRuntime(Runtime):
                     for g in groups:
                         self._autoscale(ray, g, options)
         finally:
+            close_errors: list[str] = []
             for g in groups:
-                for server in (g.source_server, g.sink_server, g.dl_server):
+                for what, server in (
+                    ("source", g.source_server),
+                    ("sink", g.sink_server),
+                    ("dead-letter sink", g.dl_server),
+                ):
                     if server is not None:
-                        with contextlib.suppress(Exception):
+                        try:
                             ray.get(server.close.remote(), timeout=30)
+                        except Exception as e:  # a close that raises fails the run, as in-process
+                            close_errors.append(
+                                f"processor {g.name}: closing its {what} failed: {_first_line(e)}"
+                            )
                         with contextlib.suppress(Exception):
                             ray.kill(server)
+            if close_errors:
+                log.error("%s", "; ".join(close_errors))
+                error = "; ".join([*([error] if error else []), *close_errors])
         for g in groups:
             self._resolve_nodes(ray, g, timeout=1.0)
         stats = [self._merge(g) for g in groups]
