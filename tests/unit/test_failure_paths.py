@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from tests.unit.test_runtime import (
     Recorder,
     Row,
     _bound,
-    _LoggedSourceRuntime,
     _FileSinkRuntime,
+    _LoggedSourceRuntime,
     _recorders,
     events,
 )
@@ -77,7 +78,10 @@ def test_a_failing_dead_letter_sink_is_retried_and_the_event_acked_only_after_it
     summary = InProcessRuntime(retry_sleep=sleeps).run([bound], OPTS)
     assert log.items() == ["pull 2", "fail", "fail", "fail", "write 2", "ack 2"]
     assert sorted(d["object_name"] for d in dead.items()) == ["f000.jpg", "f001.jpg"]
-    assert {d["reason"] for d in dead.items()} == {"ValueError: cannot read f000.jpg", "ValueError: cannot read f001.jpg"}
+    assert {d["reason"] for d in dead.items()} == {
+        "ValueError: cannot read f000.jpg",
+        "ValueError: cannot read f001.jpg",
+    }
     assert len(sleeps.delays) == 3 and summary.processors[0].sink_retries == 3
     assert summary.stop_reason == "until-idle" and summary.error is None
     assert summary.dead_letters == 2 and rows.items() == []
@@ -96,17 +100,19 @@ def test_a_dead_letter_sink_that_never_recovers_acks_nothing(tmp_path: Path) -> 
     runtime = InProcessRuntime()
     opts = RunOptions(handle_signals=False, drain_timeout_s=0.2, sink_retry_initial_ms=1, sink_retry_max_ms=2)
 
-    failed = threading.Event()
+    never = threading.Event()
 
-    def stop_after_failures() -> None:
-        while log.items().count("fail") < 3:
-            failed.wait(0.01)
+    def stop_after_failures() -> None:  # bounded poll: three failed attempts, or 10 s
+        deadline = time.monotonic() + 10
+        while log.items().count("fail") < 3 and time.monotonic() < deadline:
+            never.wait(0.01)
         runtime.request_stop()
 
-    stopper = threading.Thread(target=stop_after_failures)
+    stopper = threading.Thread(target=stop_after_failures, daemon=True)
     stopper.start()
     summary = runtime.run([bound], opts)
     stopper.join(timeout=30)
+    assert log.items().count("fail") >= 3, log.items()
     assert "ack 1" not in log.items() and dead.items() == []
     assert summary.stop_reason == "hard-stop"
 
@@ -209,7 +215,9 @@ def test_a_source_whose_ack_raises_ends_the_run_with_an_error(tmp_path: Path, un
     bound = _with(bound, source=_Source(_AckRaising, decl, bound.source.environment))
     summary = _run_bounded(bound, RunOptions(until_idle=until_idle, idle_grace_ms=0, handle_signals=False))
     assert summary.stop_reason == "error"
-    assert summary.error.startswith("processor Named: acking 2 events on GCSFileStream(bucket='photos') failed: ")
+    assert summary.error.startswith(
+        "processor Named: acking 2 events on GCSFileStream(bucket='photos') failed: "
+    )
     assert "RuntimeError: ack rejected: the subscription was deleted" in summary.error
     assert len(rows.items()) >= 2  # written before the ack that failed
 
@@ -236,7 +244,9 @@ def test_a_sink_whose_close_raises_ends_the_run_with_an_error(tmp_path: Path) ->
     bound = _with(bound, sink=_Sink(sink, bound.sink.environment))
     summary = _run_bounded(bound)
     assert summary.stop_reason == "error"
-    assert summary.error == "processor Named: closing its sink failed: OSError: flush on close failed: disk full"
+    assert (
+        summary.error == "processor Named: closing its sink failed: OSError: flush on close failed: disk full"
+    )
     assert len(rows.items()) == 3 and log.items()[-1].startswith("ack")  # the work itself was done
 
 
