@@ -140,6 +140,18 @@ def load_app(spec: str) -> Node:
     return app
 
 
+def display_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` as a user would type it here: relative to ``cwd`` (default: the current
+    directory) when it lies inside it, e.g. ``.buildflow/local``; absolute otherwise."""
+    here = (cwd or Path.cwd()).resolve()
+    resolved = Path(path).resolve()
+    if resolved == here:
+        return "."
+    if resolved.is_relative_to(here):
+        return str(resolved.relative_to(here))
+    return str(resolved)
+
+
 def fail(e: BaseException) -> typer.Exit:
     err.print(Text(f"error: {e}", style="bold red"))
     if log.isEnabledFor(logging.DEBUG):
