@@ -100,7 +100,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite import percentiles
+from benchmarks.stats import percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "efficientnet_lite0"

@@ -55,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import percentiles
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "buildflow.cli"]
 BUCKET = "buildflow-images"
@@ -187,16 +189,6 @@ def _acked(state: Path) -> int:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
             total += db.execute("SELECT count(*) FROM acked").fetchone()[0]
     return total
-
-
-def percentiles(xs: list[float]) -> dict[str, float]:
-    """Nearest-rank p50/p95/p99 of ``xs`` (milliseconds in, milliseconds out)."""
-    s = sorted(xs)
-
-    def q(p: float) -> float:
-        return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))]
-
-    return {"p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "n": len(s)}
 
 
 def ours_latency(

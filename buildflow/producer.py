@@ -121,10 +121,11 @@ class PubSubProducerTarget(ProducerTarget):
     """Publishes the image bytes as the payload, with ``name`` and ``label`` attributes."""
 
     def __init__(self, topic_path: str) -> None:
-        import importlib
+        from buildflow.extras import import_optional
 
         self.topic_path = topic_path
-        self._client = importlib.import_module("google.cloud.pubsub_v1").PublisherClient()
+        pubsub = import_optional("google.cloud.pubsub_v1", extra="gcp", needed_by="producing to Pub/Sub")
+        self._client = pubsub.PublisherClient()
         self._futures: list[Any] = []
 
     def send(self, name: str, data: bytes, *, label: str | None, path: Path | None = None) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -26,11 +27,40 @@ from buildflow.runtime.base import BoundProcessor
 COMMAND_ORDER: tuple[str, ...] = ("plan", "run", "upload", "produce", "query", "destroy")
 
 
+def plain_help(command: Any) -> Any:
+    """Escape Rich markup in the help strings of ``command`` (a Click command as Typer
+    builds it: its own help and its options' and arguments'), once, so that they render as
+    written. Typer reads help as Rich markup, where ``pip install 'buildflow[ray]'`` would
+    lose ``[ray]`` as a style tag. Returns ``command``, changed in place."""
+    if not getattr(command, "_buildflow_plain_help", False):
+        for attr in ("help", "short_help", "epilog"):
+            text = getattr(command, attr, None)
+            if text:
+                setattr(command, attr, escape(text))
+        for param in command.params:
+            text = getattr(param, "help", None)
+            if text:
+                param.help = escape(text)
+        command._buildflow_plain_help = True
+    return command
+
+
 class _OrderedGroup(typer.core.TyperGroup):
+    """Lists the commands in :data:`COMMAND_ORDER`; every help string is plain text (no
+    Rich markup: :func:`plain_help`), whichever module registers the command."""
+
     def list_commands(self, ctx: Any) -> list[str]:
         names = list(super().list_commands(ctx))
         rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
         return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        return None if command is None else plain_help(command)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        plain_help(self)
+        super().format_help(ctx, formatter)
 
 
 cli = typer.Typer(
@@ -108,6 +138,18 @@ def load_app(spec: str) -> Node:
             "not a buildflow.Node; define `app = Node()` in that module"
         )
     return app
+
+
+def display_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` as a user would type it here: relative to ``cwd`` (default: the current
+    directory) when it lies inside it, e.g. ``.buildflow/local``; absolute otherwise."""
+    here = (cwd or Path.cwd()).resolve()
+    resolved = Path(path).resolve()
+    if resolved == here:
+        return "."
+    if resolved.is_relative_to(here):
+        return str(resolved.relative_to(here))
+    return str(resolved)
 
 
 def fail(e: BaseException) -> typer.Exit:

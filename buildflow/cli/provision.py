@@ -16,6 +16,7 @@ from buildflow.cli._common import (
     cli,
     configure_logging,
     confirm,
+    display_path,
     err,
     fail,
     load_app,
@@ -41,7 +42,8 @@ def plan_cmd(
         node = load_app(app)
         environment = node.environment(env, state_dir)
         changes = plan(node.resources(environment))
-        print_changes(f"plan for {node.name!r} in {environment.name!r} ({environment.state_dir})", changes)
+        where = display_path(environment.state_dir)
+        print_changes(f"plan for {node.name!r} in {environment.name!r} ({where})", changes)
         conflicts = [c for c in changes if c.action == "conflict"]
         if conflicts:
             err.print(

@@ -1,7 +1,9 @@
 """Which provider gives life to which declaration in which environment.
 
 Providers are named by import path and imported only when used, so the core never
-imports an SDK the app does not need.
+imports an SDK the app does not need. Binding checks first that the extra the provider's
+client library comes with is installed (:data:`PROVIDER_EXTRAS`), so that a missing one is
+one clear error at plan or run time, not an ImportError from deep inside a worker.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 
 from buildflow.environment import Environment
 from buildflow.errors import EnvironmentNotSupportedError
+from buildflow.extras import require_extra
 from buildflow.io.base import SinkDeclaration, SinkProvider, SourceDeclaration, SourceProvider
 
-__all__ = ["source_provider", "sink_provider"]
+__all__ = ["source_provider", "sink_provider", "PROVIDER_EXTRAS"]
 
 _ANY = "*"
 
@@ -37,6 +40,13 @@ _SINKS: dict[tuple[str, str], str] = {
     ("InMemorySink", _ANY): "buildflow.testing:InMemorySinkProvider",
 }
 
+#: Provider package -> the extra of the distribution its client library comes with.
+PROVIDER_EXTRAS: dict[str, str] = {
+    "buildflow.io.google": "gcp",
+    "buildflow.io.kafka": "kafka",
+    "buildflow.io.postgres": "postgres",
+}
+
 
 def _lookup(table: dict[tuple[str, str], str], declaration: Any, env: Environment) -> Any:
     kind = type(declaration).__name__
@@ -49,6 +59,9 @@ def _lookup(table: dict[tuple[str, str], str], declaration: Any, env: Environmen
             "Choose one with --env or BUILDFLOW_ENV."
         )
     module, _, attr = path.partition(":")
+    for package, extra in PROVIDER_EXTRAS.items():
+        if module.startswith(package + "."):
+            require_extra(extra, needed_by=f"{kind} in the {env.name!r} environment")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -57,6 +70,8 @@ def source_provider(declaration: SourceDeclaration, env: Environment) -> SourceP
 
     Raises:
         EnvironmentNotSupportedError: no provider for this declaration in ``env``.
+        MissingDependencyError: the provider's client library is not installed; the
+            message names the extra to install.
     """
     cls = _lookup(_SOURCES, declaration, env)
     provider: SourceProvider = cls(declaration, env)
@@ -68,6 +83,8 @@ def sink_provider(declaration: SinkDeclaration, env: Environment) -> SinkProvide
 
     Raises:
         EnvironmentNotSupportedError: no provider for this declaration in ``env``.
+        MissingDependencyError: the provider's client library is not installed; the
+            message names the extra to install.
     """
     cls = _lookup(_SINKS, declaration, env)
     provider: SinkProvider = cls(declaration, env)

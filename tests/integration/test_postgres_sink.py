@@ -295,7 +295,7 @@ def test_a_missing_driver_says_how_to_install_it(tmp_path: Path, monkeypatch: py
     p = PostgresTableProvider(
         PostgresTable(SECRET_DSN, "t"), Environment.resolve("local", state_dir=tmp_path)
     )
-    with pytest.raises(MissingDependencyError, match=r'pip install "psycopg\[binary,pool\]"'):
+    with pytest.raises(MissingDependencyError, match=r"run pip install 'buildflow\[postgres\]'"):
         p.resources(SCHEMA)
 
 

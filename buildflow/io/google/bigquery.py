@@ -173,10 +173,14 @@ def table_schema(row_schema: TableSchema) -> TableSchema:
 
 
 def _bq() -> Any:
-    """``google.cloud.bigquery`` (imported on first use; typed loosely: parts are untyped)."""
-    import importlib
+    """``google.cloud.bigquery`` (imported on first use; typed loosely: parts are untyped).
 
-    return importlib.import_module("google.cloud.bigquery")
+    Raises:
+        MissingDependencyError: not installed; the message says to install ``buildflow[gcp]``.
+    """
+    from buildflow.extras import import_optional
+
+    return import_optional("google.cloud.bigquery", extra="gcp", needed_by="BigQueryTable")
 
 
 def _param_scalar_type(f: SchemaField) -> str:

@@ -19,7 +19,8 @@ import threading
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.errors import ConfigurationError, MissingDependencyError, ProvisioningError
+from buildflow.errors import ConfigurationError, ProvisioningError
+from buildflow.extras import import_optional
 
 __all__ = [
     "pubsub_publisher",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 _LOCK = threading.Lock()
-_INSTALL = "pip install google-cloud-pubsub google-cloud-storage google-cloud-bigquery"
 
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 
@@ -83,14 +83,12 @@ def gcs_events_topic(env: Environment) -> str:
 
 
 def _import(module: str) -> Any:
-    import importlib
+    """``module`` of the Google Cloud clients, imported on first use.
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"{module} is not installed; the '{module.split('.')[-1]}' provider needs it: run `{_INSTALL}`"
-        ) from e
+    Raises:
+        MissingDependencyError: not installed; the message says to install ``buildflow[gcp]``.
+    """
+    return import_optional(module, extra="gcp", needed_by="the Google Cloud providers")
 
 
 def _anonymous() -> Any:

@@ -9,7 +9,7 @@ import datetime
 import json
 from typing import Any
 
-from buildflow.errors import MissingDependencyError
+from buildflow.extras import import_optional
 
 __all__ = ["confluent_kafka_module", "encode_json_envelope"]
 
@@ -18,16 +18,12 @@ def confluent_kafka_module() -> Any:
     """The ``confluent_kafka`` package (with its ``admin`` submodule), imported on first use.
 
     Raises:
-        MissingDependencyError: confluent-kafka is not installed.
+        MissingDependencyError: confluent-kafka is not installed (the ``kafka`` extra).
     """
-    try:
-        import confluent_kafka
-        import confluent_kafka.admin  # noqa: F401  (a submodule, not imported by the package)
-    except ImportError as e:
-        raise MissingDependencyError(
-            "confluent-kafka is not installed; KafkaTopic needs it: run `pip install confluent-kafka`"
-        ) from e
-    return confluent_kafka
+    module = import_optional("confluent_kafka", extra="kafka", needed_by="KafkaTopic")
+    # a submodule the package does not import itself
+    import_optional("confluent_kafka.admin", extra="kafka", needed_by="KafkaTopic")
+    return module
 
 
 def encode_json_envelope(

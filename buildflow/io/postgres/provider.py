@@ -50,10 +50,10 @@ from typing import Any
 
 from buildflow.errors import (
     ConfigurationError,
-    MissingDependencyError,
     ProvisioningError,
     TransientSinkError,
 )
+from buildflow.extras import import_optional
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.postgres.declarations import ENV_PREFIX, PostgresTable, mask_dsn
 from buildflow.provisioning import Resource, ResourceState, require_ready
@@ -70,8 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("buildflow.io.postgres")
-
-_INSTALL = 'pip install "psycopg[binary,pool]"'
 
 META_COLUMNS = (
     ("_event_id", "text NOT NULL"),
@@ -97,14 +95,10 @@ _STAGE = '"_buildflow_stage"'
 
 def _psycopg() -> tuple[Any, Any]:
     """``(psycopg, psycopg_pool)``, imported on first use."""
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"psycopg 3 and psycopg_pool are not installed; PostgresTable needs them: run `{_INSTALL}`"
-        ) from e
-    return psycopg, psycopg_pool
+    return (
+        import_optional("psycopg", extra="postgres", needed_by="PostgresTable"),
+        import_optional("psycopg_pool", extra="postgres", needed_by="PostgresTable"),
+    )
 
 
 def q(ident: str) -> str:
@@ -556,7 +550,7 @@ class PostgresTableProvider(SinkProvider):
         Raises:
             ConfigurationError: the DSN (or the variable it names) is not a valid libpq
                 connection string; the message shows it with the password masked.
-            MissingDependencyError: psycopg is not installed.
+            MissingDependencyError: psycopg is not installed (the ``postgres`` extra).
         """
         psycopg, _ = _psycopg()
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
