@@ -48,7 +48,10 @@ def classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     weight[1], weight[2] = math.log(2) / 12, math.log(3) / 12
     torch.save({"1.weight": weight, "1.bias": torch.zeros(3)}, tmp_path / "tiny.pt")
     register_model(
-        "tiny", lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), preprocessing=PREPROCESSING, labels=LABELS
+        "tiny",
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)),
+        preprocessing=PREPROCESSING,
+        labels=LABELS,
     )
     model = load_model("tiny", weights_path=tmp_path / "tiny.pt", backend="torch")
     with BatchClassifier(model, top_k=3, decode_threads=2) as c:
@@ -155,7 +158,13 @@ def test_closed_classifier_and_bad_arguments(classifier: BatchClassifier) -> Non
     with pytest.raises(RuntimeError, match="closed"):
         other.classify([b"x"])
     other.close()  # twice is fine
-    for bad in ({"top_k": 0}, {"max_bytes": 0}, {"max_pixels": 0}, {"decode_threads": 0}, {"decode_nice": -1}):
+    for bad in (
+        {"top_k": 0},
+        {"max_bytes": 0},
+        {"max_pixels": 0},
+        {"decode_threads": 0},
+        {"decode_nice": -1},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BatchClassifier(classifier.model, **bad)
 
