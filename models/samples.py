@@ -1,8 +1,11 @@
 """Real photos that ship inside installed packages, for demos, tests and benchmarks.
 
-Sources (all installable offline, see ../shared/ENVIRONMENT.md):
-scikit-image's bundled photos (CC0 / public domain) and Debian's ``darknet`` package
-(``/usr/share/darknet/data/*.jpg``).
+Sources: the photos bundled in the scikit-image wheel (``skimage.data``: ``chelsea``,
+``coffee``, ``astronaut``, ``rocket``; public domain or CC0, as each function's docstring in
+https://scikit-image.org/docs/stable/api/skimage.data.html says), and
+the sample JPEGs of Debian's ``darknet`` package, which installs them in
+``/usr/share/darknet/data`` (https://packages.debian.org/sid/darknet; ``apt-get install
+darknet``). Neither is downloaded at run time.
 
     python -m models.samples ~/photos          # writes chelsea.jpg, coffee.jpg, dog.jpg, ...
     python -m models.samples ~/photos --copies 200   # 200 distinct files (name_0001.jpg, ...)

@@ -212,3 +212,18 @@ def test_cuda_without_cuda_raises_instead_of_falling_back() -> None:
         match=r"device 'cuda' requested but torch.cuda.is_available\(\) is False; use device='cpu'",
     ):
         load_model("efficientnet_lite0", device="cuda")
+
+
+def test_classify_takes_one_image_or_a_list(tiny: ImageClassifier) -> None:
+    white = Image.new("RGB", (10, 6), (255, 255, 255))
+    black = Image.new("RGB", (4, 4), (0, 0, 0))
+    one = tiny.classify(white, top_k=2)  # one image: its predictions
+    assert [p.label for p in one] == ["bird", "dog"]
+    assert [p.confidence for p in one] == pytest.approx([1 / 2, 1 / 3])
+    batch = tiny.classify([white, black], top_k=2)  # a list: one list per image
+    assert batch[0] == one and len(batch) == 2
+    assert [p.confidence for p in batch[1]] == pytest.approx([1 / 3, 1 / 3])
+    assert tiny.classify((white,), top_k=2) == [one]
+    assert tiny.classify([]) == []
+    with pytest.raises(TypeError, match=r"models\.decode_image"):
+        tiny.classify(b"\xff\xd8 jpeg bytes")  # type: ignore[call-overload]
