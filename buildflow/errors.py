@@ -22,6 +22,9 @@ __all__ = [
     "MissingDependencyError",
     "TransientSinkError",
     "RowRejectedError",
+    "QueryError",
+    "EnvironmentMismatchError",
+    "ServiceUnreachableError",
 ]
 
 
@@ -83,3 +86,18 @@ class TransientSinkError(BuildflowError):
 class RowRejectedError(BuildflowError):
     """A sink refused a row for good (e.g. a BigQuery ``insertErrors`` entry); the event is
     dead-lettered with the sink's reason."""
+
+
+class QueryError(BuildflowError):
+    """``buildflow query`` could not translate or run the SQL (a syntax error, a table
+    that does not exist); the message names the tables that do."""
+
+
+class EnvironmentMismatchError(ConfigurationError):
+    """``run`` (or ``query``) was asked for another environment than the one the app was
+    planned in; the message gives the command for the planned one."""
+
+
+class ServiceUnreachableError(ProvisioningError):
+    """A server the environment points at (an emulator, a Kafka broker) does not accept
+    connections; the message names its ``host:port`` and how to start or point at one."""

@@ -66,7 +66,7 @@ def configure_logging(level: str) -> None:
 
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=level.lower() == "debug")
     logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("watchfiles", "asyncio"):
+    for noisy in ("watchfiles", "asyncio", "sqlglot"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -99,7 +99,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.errors import ProvisioningError, SchemaError, TransientSinkError
+from buildflow.errors import ProvisioningError, QueryError, SchemaError, TransientSinkError
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
 from buildflow.io.google.declarations import BigQueryTable, BigQueryWriteMode
@@ -691,6 +691,7 @@ class BigQueryTableProvider(SinkProvider):
     """Binds :class:`BigQueryTable` to ``gcp`` or ``emulator``."""
 
     concurrent_writers = True
+    sql_dialect = "bigquery"
 
     declaration: BigQueryTable
 
@@ -724,6 +725,16 @@ class BigQueryTableProvider(SinkProvider):
         )
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        result = bigquery_client(self.environment, self.project).query(sql).result()
+        from google.api_core import exceptions as gexc
+
+        try:
+            result = bigquery_client(self.environment, self.project).query(sql).result()
+        except gexc.NotFound as e:
+            raise QueryError(
+                f"{e.message}; run `buildflow plan <app>` to create the app's tables "
+                f"(this one: {self.table_id})"
+            ) from e
+        except gexc.BadRequest as e:
+            raise QueryError(f"query failed: {e.message}") from e
         cols = [f.name for f in result.schema]
         return cols, [tuple(row.values()) for row in result]
