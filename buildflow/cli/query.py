@@ -19,10 +19,12 @@ from buildflow.cli._common import (
     choose_processor,
     cli,
     configure_logging,
+    explicit_env,
     fail,
     load_app,
     out,
 )
+from buildflow.cli._planned import check_planned
 from buildflow.errors import BuildflowError
 from buildflow.sql import run_query
 
@@ -89,7 +91,9 @@ def query_cmd(
     configure_logging(log_level)
     try:
         node = load_app(app)
-        chosen = choose_processor(node.bind(node.environment(env, state_dir)), processor)
+        environment = node.environment(env, state_dir)
+        check_planned(app, environment, node.app_dir, explicit=explicit_env(env), verb="query")
+        chosen = choose_processor(node.bind(environment), processor)
         cols, rows = run_query(chosen.sink, sql, native=dialect is Dialect.native)
     except BuildflowError as e:
         raise fail(e) from e

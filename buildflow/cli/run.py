@@ -17,14 +17,17 @@ from buildflow.cli._common import (
     EnvOpt,
     LogOpt,
     StateOpt,
+    check_servers,
     cli,
     configure_logging,
     err,
+    explicit_env,
     fail,
     load_app,
     log,
     out,
 )
+from buildflow.cli._planned import check_planned
 from buildflow.errors import BuildflowError
 from buildflow.runtime.base import BoundProcessor, ProcessorStats, RunOptions, RunSummary
 
@@ -237,7 +240,10 @@ def run_cmd(
     try:
         node = load_app(app)
         environment = node.environment(env, state_dir)
+        check_planned(app, environment, node.app_dir, explicit=explicit_env(env))
+        node.check()
         bound = node.bind(environment)
+        check_servers(bound, environment)
     except BuildflowError as e:
         raise fail(e) from e
     runtime: Runtime
