@@ -25,6 +25,7 @@ __all__ = [
     "QueryError",
     "EnvironmentMismatchError",
     "ServiceUnreachableError",
+    "ResourceGoneError",
 ]
 
 
@@ -101,3 +102,10 @@ class EnvironmentMismatchError(ConfigurationError):
 class ServiceUnreachableError(ProvisioningError):
     """A server the environment points at (an emulator, a Kafka broker) does not accept
     connections; the message names its ``host:port`` and how to start or point at one."""
+
+
+class ResourceGoneError(ResourceMissingError, TransientSinkError):
+    """A resource a running app reads or writes was deleted under it (a subscription, a
+    table, a bucket folder: typically by ``buildflow destroy``). A sink write that raises it
+    is retried for a short grace (a table may be reported missing for a moment after it is
+    created), then the run stops with this one line; nothing unwritten is acked."""

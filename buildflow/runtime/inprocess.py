@@ -38,6 +38,7 @@ from typing import Any
 from buildflow.errors import (
     BuildflowError,
     ProcessorDefinitionError,
+    ResourceGoneError,
     RowRejectedError,
     RowValidationError,
 )
@@ -81,6 +82,11 @@ def _peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+#: Seconds a sink write is retried while the sink says its table does not exist, before the
+#: run stops with :class:`ResourceGoneError`.
+GONE_GRACE_S = 10.0
 
 
 def _reason(exc: BaseException) -> str:
@@ -397,11 +403,19 @@ class _Worker:
     ) -> Sequence[RowRejection] | None:
         delay_ms = self.options.sink_retry_initial_ms
         attempt = 1
+        gone_since: float | None = None
         while True:
             try:
                 return await sink.write(records)
-            except BuildflowError as e:
+            except ResourceGoneError as e:
+                # BigQuery may answer NotFound for a moment after a table is created: retried
+                # for GONE_GRACE_S, then the run stops (the table was deleted under it).
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since >= GONE_GRACE_S:
+                    raise
                 err: Exception = e
+            except BuildflowError as e:
+                err = e
             except Exception as e:
                 err = e
             self.stats.sink_retries += 1
@@ -583,8 +597,12 @@ class InProcessRuntime(Runtime):
                     if not t.cancelled() and t.exception() is not None:
                         exc = t.exception()
                         assert exc is not None
-                        error = f"{t.get_name()} failed: {_reason(exc)}"
-                        log.error("%s", error, exc_info=exc)
+                        if isinstance(exc, ResourceGoneError):  # one line, in the summary
+                            error = str(exc)
+                            log.debug("%s", error, exc_info=exc)
+                        else:
+                            error = f"{t.get_name()} failed: {_reason(exc)}"
+                            log.error("%s", error, exc_info=None if isinstance(exc, BuildflowError) else exc)
                         run.request_stop("error")
                         run.hard.set()
                 if stopping in done and deadline is None:

@@ -197,3 +197,33 @@ def test_plan_rejects_a_checkpoint_that_does_not_exist(tmp_path: Path) -> None:
         assert "checkpoint 'runs/fashion_mnist_cnn/model.pt' does not exist" in msg
         assert "models/training/artifacts/fashion_mnist_cnn.pt" in msg and "Traceback" not in proc.stderr
     assert not (tmp_path / ".buildflow").exists()  # plan created nothing
+
+
+@pytest.mark.parametrize("where", ["local", "emulator"])
+def test_destroy_while_running_stops_the_run_with_one_line(
+    app: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    env = clean_env()
+    if where == "emulator":
+        env = {**env, **request.getfixturevalue("local_stack").env, "BUILDFLOW_ENV": "emulator"}
+    assert cli(app, "plan", "tiny:app", "--yes", env=env).returncode == 0
+    log = app / "run.log"
+    with log.open("w") as sink:
+        run = subprocess.Popen(
+            [*CLI, "run", "tiny:app", "--no-progress"], cwd=app, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "ready: setup()" not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert cli(app, "destroy", "tiny:app", "--yes", "--force", env=env).returncode == 0
+        assert run.wait(60) == 1
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "grpc" not in text.lower()
+    assert one_line(text).count("no longer exists (deleted while running") == 1, text
+    assert "run summary (stopped: error)" in text

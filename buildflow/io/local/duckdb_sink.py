@@ -35,6 +35,7 @@ from typing import Any
 from buildflow.errors import (
     MissingDependencyError,
     QueryError,
+    ResourceGoneError,
     ResourceMissingError,
     TransientSinkError,
 )
@@ -408,8 +409,9 @@ class DuckDBSink(SinkRuntime):
             return self._insert(self._connection(), payload)
         except duckdb.CatalogException as e:
             self._release()
-            raise TransientSinkError(
-                f"table {self.target.full_name} is missing ({e}); run `buildflow plan` to create it"
+            raise ResourceGoneError(
+                f"table {self.target.full_name} no longer exists (deleted while running, e.g. by "
+                "`buildflow destroy`): the run stops; `buildflow plan <app>` creates it again"
             ) from e
         except duckdb.IOException as e:
             self._release()
