@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import buildflow
-from buildflow.io import BigQueryTable, FileEvent
 from buildflow.errors import ConfigurationError
+from buildflow.io import BigQueryTable, FileEvent
 from buildflow.io.base import SourceDeclaration
 from schemas import Classification, LabelledClassificationRow
 

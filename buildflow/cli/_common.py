@@ -41,9 +41,19 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Not on a terminal (pipes, CI, logs): wide enough that tables and log lines don't wrap.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _width(tty: bool) -> int | None:
+    """On a terminal: its width (or $COLUMNS). Not on one (pipes, CI, logs): $COLUMNS if
+    set, else 140, wide enough that tables and log lines don't wrap."""
+    columns = os.environ.get("COLUMNS", "")
+    if tty:
+        return None
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 140
+
+
+out = Console(width=_width(sys.stdout.isatty()))
+err = Console(stderr=True, width=_width(sys.stderr.isatty()))
 log = logging.getLogger("buildflow")
 
 AppArg = Annotated[str, typer.Argument(help="The app as module:attribute, e.g. main:app.")]

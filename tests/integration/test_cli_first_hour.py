@@ -70,7 +70,12 @@ def app(tmp_path: Path) -> Path:
 def clean_env(**extra: str) -> dict[str, str]:
     """A new terminal: none of the stack's variables, no BUILDFLOW_ENV."""
     env = {k: v for k, v in os.environ.items() if k not in STACK_VARS and not k.startswith("BUILDFLOW_")}
-    return {**env, "BUCKET_NAME": f"tiny-{os.getpid()}-{time.monotonic_ns() % 10**9}", "COLUMNS": "80", **extra}
+    return {
+        **env,
+        "BUCKET_NAME": f"tiny-{os.getpid()}-{time.monotonic_ns() % 10**9}",
+        "COLUMNS": "80",
+        **extra,
+    }
 
 
 def cli(cwd: Path, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -210,7 +215,11 @@ def test_destroy_while_running_stops_the_run_with_one_line(
     log = app / "run.log"
     with log.open("w") as sink:
         run = subprocess.Popen(
-            [*CLI, "run", "tiny:app", "--no-progress"], cwd=app, env=env, stdout=sink, stderr=subprocess.STDOUT
+            [*CLI, "run", "tiny:app", "--no-progress"],
+            cwd=app,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60

@@ -222,4 +222,3 @@ def test_bad_sql_says_where() -> None:
         to_dialect("SELECT a, FROM t WHERE", "duckdb")
     assert "GoogleSQL" in str(info.value) and "column" in str(info.value)
     assert "\x1b" not in str(info.value)
-

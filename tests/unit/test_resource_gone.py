@@ -64,4 +64,3 @@ def test_a_deleted_table_stops_the_run_with_one_line(
     assert not any(x.startswith("ack") for x in log.items())
     assert not any(r.exc_info for r in caplog.records)  # no traceback
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)  # the summary says it once
-

@@ -557,5 +557,6 @@ def _missing_table_message(con: Any, target: _Target, e: Exception) -> str:
         "('information_schema', 'pg_catalog') ORDER BY 1"
     ).fetchall()
     tables = ", ".join(r[0] for r in rows)
-    have = f"tables in {str(target.database)!r}: {tables}" if tables else f"{str(target.database)!r} has no tables"
+    db = repr(str(target.database))
+    have = f"tables in {db}: {tables}" if tables else f"{db} has no tables"
     return f"{first}; {have}. Run `buildflow plan <app>` to create the app's tables."
