@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from buildflow.errors import BuildflowError, MissingDependencyError, QueryError
 
@@ -79,7 +79,7 @@ def to_dialect(sql: str, dialect: str) -> str:
             if node.side and node.args.get("on") is None and not node.args.get("using"):
                 node.set("on", exp.true())  # LEFT JOIN UNNEST(a): GoogleSQL needs no ON
         elif dialect == "duckdb" and isinstance(node, exp.Unnest) and node.args.get("offset"):
-            return _unnest_with_offset(node, next(names))
+            return cast("exp.Expression", _unnest_with_offset(node, next(names)))
         return node
 
     tree = tree.transform(fix)
@@ -121,7 +121,7 @@ def _name_columns_as_bigquery(select: object) -> None:
 
     assert isinstance(select, exp.Select)
     anonymous = itertools.count()
-    named = []
+    named: list[Any] = []
     for e in select.expressions:
         if isinstance(e, (exp.Alias, exp.Star, exp.Column)) or (
             isinstance(e, exp.Column) and isinstance(e.this, exp.Star)

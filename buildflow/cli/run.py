@@ -141,18 +141,15 @@ def _print_summary(summary: RunSummary, launched_at: float | None = None) -> Non
         for t in _fitted("replicas", rcols, rrows):
             out.print(t)
     firsts = [p.first_row_at for p in summary.processors if p.first_row_at is not None]
-    if firsts and launched_at is not None:
-        first = f"{max(0.0, min(firsts) - launched_at):.2f} s"
-    else:
-        first = "-"
+    first_row = f"{max(0.0, min(firsts) - launched_at):.2f} s" if firsts and launched_at is not None else "-"
     lat = sorted(x for p in summary.processors for x in p.latencies_ms)
-    p50 = f"{lat[(len(lat) - 1) // 2]:.0f} ms" if lat else "-"
+    lat_p50 = f"{lat[(len(lat) - 1) // 2]:.0f} ms" if lat else "-"
     busy = summary.busy_events_per_s
     busy_s = f" ({busy:.1f}/s until the last write)" if busy is not None else ""
     out.print(
         f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s{busy_s}, launch to first "
-        f"row {first}, receive-to-row p50 {p50}, peak RSS {summary.peak_rss_mb:.0f} MB, max event-loop "
-        f"lag {summary.loop_lag_max_ms:.0f} ms"
+        f"row {first_row}, receive-to-row p50 {lat_p50}, peak RSS {summary.peak_rss_mb:.0f} MB, max "
+        f"event-loop lag {summary.loop_lag_max_ms:.0f} ms"
     )
 
 
