@@ -223,7 +223,7 @@ def test_destroy_while_running_stops_the_run_with_one_line(
         )
     try:
         deadline = time.monotonic() + 60
-        while "ready: setup()" not in log.read_text():
+        while "ready: setup()" not in one_line(log.read_text()):
             assert run.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         assert cli(app, "destroy", "tiny:app", "--yes", "--force", env=env).returncode == 0
