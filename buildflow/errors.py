@@ -23,6 +23,10 @@ __all__ = [
     "TransientSinkError",
     "RowRejectedError",
     "PipelineStageError",
+    "QueryError",
+    "EnvironmentMismatchError",
+    "ServiceUnreachableError",
+    "ResourceGoneError",
 ]
 
 
@@ -90,3 +94,25 @@ class PipelineStageError(BuildflowError):
     """A stage of a running pipeline failed for good (a source's pull or ack raised an
     error it does not retry itself): the run stops with ``stop_reason="error"`` and this
     message in ``RunSummary.error``; events not acked are delivered again next run."""
+
+
+class QueryError(BuildflowError):
+    """``buildflow query`` could not translate or run the SQL (a syntax error, a table
+    that does not exist); the message names the tables that do."""
+
+
+class EnvironmentMismatchError(ConfigurationError):
+    """``run`` (or ``query``) was asked for another environment than the one the app was
+    planned in; the message gives the command for the planned one."""
+
+
+class ServiceUnreachableError(ProvisioningError):
+    """A server the environment points at (an emulator, a Kafka broker) does not accept
+    connections; the message names its ``host:port`` and how to start or point at one."""
+
+
+class ResourceGoneError(ResourceMissingError, TransientSinkError):
+    """A resource a running app reads or writes was deleted under it (a subscription, a
+    table, a bucket folder: typically by ``buildflow destroy``). A sink write that raises it
+    is retried for a short grace (a table may be reported missing for a moment after it is
+    created), then the run stops with this one line; nothing unwritten is acked."""

@@ -131,6 +131,16 @@ class Node:
             )
         return bound
 
+    def check(self) -> None:
+        """Every processor's :meth:`~buildflow.Processor.check`: what they need before
+        ``plan`` or ``run`` does anything.
+
+        Raises:
+            BuildflowError: the first processor's complaint.
+        """
+        for p in self._processors:
+            p.check()
+
     def resources(self, env: Environment) -> list[Resource]:
         """Everything ``plan`` manages for this app in ``env``."""
         return unique(r for b in self.bind(env) for r in b.resources())
@@ -151,4 +161,5 @@ class Node:
         from buildflow.runtime.inprocess import InProcessRuntime
 
         opts = options or RunOptions(until_idle=until_idle, max_events=max_events)
+        self.check()
         return InProcessRuntime().run(self.bind(self.environment(env, state_dir)), opts)

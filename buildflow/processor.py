@@ -112,6 +112,21 @@ class Processor:
         the table ``buildflow_dead_letters`` in the sink table's dataset."""
         return None
 
+    def check(self) -> None:
+        """Check what the processor will need, before anything is created or run: a file
+        it will load, a setting it will read. ``buildflow plan`` and ``buildflow run``
+        (and :meth:`buildflow.Node.run`) call it first, in the CLI's process, so that a
+        missing model file is a one-line error at ``plan`` time rather than a traceback
+        from ``setup()`` on a worker.
+
+        Must be cheap (no model load) and must not change anything. The default does
+        nothing.
+
+        Raises:
+            BuildflowError: (typically :class:`~buildflow.errors.ConfigurationError`)
+                naming the bad value with ``!r`` and the fix.
+        """
+
     def setup(self) -> None:
         """Load models and open clients. Called once per worker, in the worker thread,
         before the first event."""

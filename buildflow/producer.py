@@ -114,7 +114,13 @@ class KafkaProducerTarget(ProducerTarget):
     def close(self) -> None:
         left = self._producer.flush(60)
         if left or self._errors:
-            raise RuntimeError(f"{left} messages undelivered; errors: {self._errors[:3]}")
+            why = (
+                f"errors: {self._errors[:3]}"
+                if self._errors
+                else f"no delivery report within 60 s: is the broker at "
+                f"{self.decl.bootstrap_servers!r} up, and does topic {self.decl.topic!r} exist?"
+            )
+            raise RuntimeError(f"{left} messages undelivered; {why}")
 
 
 class PubSubProducerTarget(ProducerTarget):

@@ -71,9 +71,19 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Not on a terminal (pipes, CI, logs): wide enough that tables and log lines don't wrap.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _width(tty: bool) -> int | None:
+    """On a terminal: its width (or $COLUMNS). Not on one (pipes, CI, logs): $COLUMNS if
+    set, else 140, wide enough that tables and log lines don't wrap."""
+    columns = os.environ.get("COLUMNS", "")
+    if tty:
+        return None
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 140
+
+
+out = Console(width=_width(sys.stdout.isatty()))
+err = Console(stderr=True, width=_width(sys.stderr.isatty()))
 log = logging.getLogger("buildflow")
 
 AppArg = Annotated[str, typer.Argument(help="The app as module:attribute, e.g. main:app.")]
@@ -91,12 +101,26 @@ LogOpt = Annotated[
 ]
 
 
+def check_servers(bound: list[BoundProcessor], environment: Any) -> None:
+    """The fast reachability check (:func:`buildflow.endpoints.preflight`) of the servers
+    the environment and the app's Kafka sources and sinks point at."""
+    from buildflow.endpoints import preflight
+
+    decls = [d.declaration for b in bound for d in (b.source, b.sink, b.dead_letter)]
+    preflight(environment, [str(d.bootstrap_servers) for d in decls if hasattr(d, "bootstrap_servers")])
+
+
+def explicit_env(env: str | None) -> bool:
+    """Whether the environment was chosen (``--env`` or ``BUILDFLOW_ENV``), not defaulted."""
+    return bool(env or os.environ.get("BUILDFLOW_ENV"))
+
+
 def configure_logging(level: str) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=level.lower() == "debug")
     logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("watchfiles", "asyncio"):
+    for noisy in ("watchfiles", "asyncio", "sqlglot"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -133,10 +157,14 @@ def load_app(spec: str) -> Node:
         raise AppLoadError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from e
     app = getattr(module, attr, None)
     if not isinstance(app, Node):
-        raise AppLoadError(
-            f"{module_name}:{attr} is {type(app).__name__ if app is not None else 'missing'}, "
-            "not a buildflow.Node; define `app = Node()` in that module"
-        )
+        nodes = [n for n, v in vars(module).items() if isinstance(v, Node) and not n.startswith("_")]
+        what = f"has no {attr!r}" if app is None else f"has {attr!r}, a {type(app).__name__}"
+        if nodes:
+            found = ", ".join(f"{n!r}, a buildflow.Node" for n in nodes)
+            fix = f"use {module_name}:{nodes[0]}"
+        else:
+            found, fix = "no buildflow.Node", "define `app = Node()` in that module"
+        raise AppLoadError(f"{module_name} {what}; {module_name} has {found}: {fix}")
     return app
 
 

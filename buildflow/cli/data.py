@@ -3,6 +3,7 @@ set to a Kafka or Pub/Sub topic)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -92,6 +93,8 @@ def produce_cmd(
     (--fashion-mnist --start 0 --end 1000), to a Kafka or Pub/Sub topic, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from buildflow.endpoints import check_kafka, preflight
+    from buildflow.environment import Environment
     from buildflow.io.kafka import KafkaTopic
     from buildflow.producer import (
         KafkaProducerTarget,
@@ -118,9 +121,12 @@ def produce_cmd(
             servers, _, topic = kafka.rpartition("/")
             if not servers or not topic:
                 raise BuildflowError(f"--kafka {kafka!r}: expected HOST:PORT/TOPIC")
+            check_kafka(servers)
             target = KafkaProducerTarget(KafkaTopic(servers, topic, payload_format=fmt))  # type: ignore[arg-type]
         else:
             assert pubsub is not None
+            if os.environ.get("PUBSUB_EMULATOR_HOST"):
+                preflight(Environment("emulator", Path.cwd()), variables=("PUBSUB_EMULATOR_HOST",))
             target = PubSubProducerTarget(pubsub)
         with Progress(
             "[progress.description]{task.description}",

@@ -13,6 +13,7 @@ from buildflow.cli._common import (
     LogOpt,
     StateOpt,
     YesOpt,
+    check_servers,
     cli,
     configure_logging,
     confirm,
@@ -23,6 +24,7 @@ from buildflow.cli._common import (
     out,
     print_changes,
 )
+from buildflow.cli._planned import record_destroy, record_plan
 from buildflow.errors import BuildflowError
 from buildflow.provisioning import apply, destroy, plan, plan_destroy
 
@@ -41,6 +43,8 @@ def plan_cmd(
     try:
         node = load_app(app)
         environment = node.environment(env, state_dir)
+        node.check()
+        check_servers(node.bind(environment), environment)
         changes = plan(node.resources(environment))
         where = display_path(environment.state_dir)
         print_changes(f"plan for {node.name!r} in {environment.name!r} ({where})", changes)
@@ -57,12 +61,14 @@ def plan_cmd(
             raise typer.Exit(1)
         todo = [c for c in changes if c.action in ("create", "update")]
         if not todo:
+            record_plan(app, environment, node.app_dir)
             out.print("No changes. Everything the app declares exists.")
             return
         if not confirm(f"Apply {len(todo)} change(s)?", yes):
             out.print("Nothing applied.")
             raise typer.Exit(1)
         apply(changes)
+        record_plan(app, environment, node.app_dir)
         out.print(Text(f"Applied {len(todo)} change(s).", style="green"))
     except BuildflowError as e:
         raise fail(e) from e
@@ -90,12 +96,14 @@ def destroy_cmd(
             destroy(changes)  # raises DestroyProtectedError with the fix
         todo = [c for c in changes if c.action == "delete"]
         if not todo:
+            record_destroy(app, environment, node.app_dir)
             out.print("Nothing to destroy.")
             return
         if not confirm(f"Delete {len(todo)} resource(s) and everything in them?", yes):
             out.print("Nothing deleted.")
             raise typer.Exit(1)
         destroy(changes)
+        record_destroy(app, environment, node.app_dir)
         out.print(Text(f"Deleted {len(todo)} resource(s).", style="green"))
     except BuildflowError as e:
         raise fail(e) from e

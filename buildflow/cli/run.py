@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,26 +18,35 @@ from buildflow.cli._common import (
     EnvOpt,
     LogOpt,
     StateOpt,
+    check_servers,
     cli,
     configure_logging,
     err,
+    explicit_env,
     fail,
     load_app,
     log,
     out,
 )
+from buildflow.cli._planned import check_planned
 from buildflow.errors import BuildflowError
 from buildflow.runtime.base import BoundProcessor, ProcessorStats, RunOptions, RunSummary
 
 
 class _Progress:
-    """Formats the live progress line; the rate is over the last few seconds (EWMA)."""
+    """Formats the live progress line; the rate is over the last few seconds (EWMA).
 
-    def __init__(self) -> None:
+    The clock is the command's own (seconds since ``buildflow run`` started), in both
+    runtimes: it never goes back, whatever clock a runtime reports progress with.
+    """
+
+    def __init__(self, launched: float | None = None) -> None:
+        self._launched = time.monotonic() if launched is None else launched
         self._last: dict[str, tuple[float, int]] = {}
         self._rate: dict[str, float] = {}
 
-    def text(self, stats: list[ProcessorStats], elapsed: float) -> Text:
+    def text(self, stats: list[ProcessorStats], _runtime_elapsed: float = 0.0) -> Text:
+        elapsed = time.monotonic() - self._launched
         parts = []
         for s in stats:
             t0, n0 = self._last.get(s.name, (0.0, 0))
@@ -50,78 +60,102 @@ class _Progress:
                 f"{self._rate.get(s.name, 0.0):.1f} events/s, "
                 f"backlog {s.backlog if s.backlog is not None else '?'}"
                 + (f", model loads {int(loads)}" if loads is not None else "")
+                + (f", replicas {s.replicas}" if s.replicas is not None else "")
                 + (
-                    f", replicas {s.replicas} (model loads "
-                    + "+".join(str(int(r["model_loads"] or 0)) for r in s.per_replica)
-                    + ")"
-                    if s.replicas is not None
+                    " (model loads " + "+".join(str(int(r["model_loads"] or 0)) for r in s.per_replica) + ")"
+                    if s.replicas is not None and s.per_replica
                     else ""
                 )
             )
         return Text(f"[{elapsed:6.1f}s] " + " | ".join(parts))
 
 
-def _print_summary(summary: RunSummary) -> None:
-    table = Table(title=f"run summary (stopped: {summary.stop_reason})", title_justify="left")
-    for col in (
-        "processor",
-        "events",
-        "rows",
-        "dead letters",
-        "setup calls",
-        "model loads",
-        "p50 ms",
-        "p95 ms",
-    ):
-        table.add_column(col, justify="right" if col != "processor" else "left")
+def _fitted(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> list[Table]:
+    """One table of ``rows``, or, when it would not fit the console's width, one table per
+    distinct first column value (e.g. the processor) with that value as its title: a name is
+    never cut to ``process…`` (titles wrap; cells would be cut)."""
+
+    def table(t: str | None, cols: list[tuple[str, str]], body: list[list[str]]) -> Table:
+        tab = Table(title=t, title_justify="left")
+        for name, justify in cols:
+            tab.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for r in body:
+            tab.add_row(*r)
+        return tab
+
+    whole = table(title, columns, rows)
+    if out.measure(whole, options=out.options.update(max_width=10_000)).maximum <= out.width:
+        return [whole]
+    keys = list(dict.fromkeys(r[0] for r in rows))
+    stacked = [
+        table(f"{title}: {columns[0][0]} {k}", columns[1:], [r[1:] for r in rows if r[0] == k]) for k in keys
+    ]
+    return stacked
+
+
+def _print_summary(summary: RunSummary, launched_at: float | None = None) -> None:
+    """The run summary: a table of processors, one of replicas (scale-out runtimes), and a
+    line of totals. ``launched_at``: wall clock (epoch s) of the command's start, the origin
+    of "launch to first row" in every runtime."""
+    cols = [("processor", "left")] + [
+        (c, "right")
+        for c in ("events", "rows", "dead letters", "setup calls", "model loads", "p50 ms", "p95 ms")
+    ]
+    rows = []
     for s in summary.processors:
         p50, p95 = s.latency_percentile_ms(50), s.latency_percentile_ms(95)
         loads = s.metrics.get("model_loads")
-        table.add_row(
-            s.name,
-            str(s.events),
-            str(s.rows),
-            str(s.dead_letters),
-            str(s.setup_calls),
-            str(int(loads)) if loads is not None else "-",
-            f"{p50:.0f}" if p50 is not None else "-",
-            f"{p95:.0f}" if p95 is not None else "-",
+        rows.append(
+            [
+                s.name,
+                str(s.events),
+                str(s.rows),
+                str(s.dead_letters),
+                str(s.setup_calls),
+                str(int(loads)) if loads is not None else "-",
+                f"{p50:.0f}" if p50 is not None else "-",
+                f"{p95:.0f}" if p95 is not None else "-",
+            ]
         )
-    out.print(table)
+    for t in _fitted(f"run summary (stopped: {summary.stop_reason})", cols, rows):
+        out.print(t)
     replicas = [(s.name, r) for s in summary.processors for r in s.per_replica]
     if replicas:
-        per = Table(title="replicas", title_justify="left")
-        for col in (
-            "processor",
-            "replica",
-            "state",
-            "events",
-            "rows",
-            "dead letters",
-            "model loads",
-            "peak RSS MB",
-        ):
-            per.add_column(col, justify="left" if col in ("processor", "replica", "state") else "right")
-        for name, r in replicas:
-            per.add_row(
+        rcols = [("processor", "left"), ("replica", "left"), ("state", "left"), ("node", "left")] + [
+            (c, "right") for c in ("events", "rows", "dead letters", "model loads", "peak RSS MB")
+        ]
+        rrows = [
+            [
                 name,
-                str(r["replica"]),
+                str(r["replica"]).removeprefix(f"{name}-"),
                 str(r["state"]),
+                _short_node(r.get("node")),
                 str(r["events"]),
                 str(r["rows"]),
                 str(r["dead_letters"]),
                 str(int(r["model_loads"] or 0)),
                 f"{r.get('peak_rss_mb', 0):.0f}",
-            )
-        out.print(per)
-    first = f"{summary.first_row_s:.2f} s" if summary.first_row_s is not None else "-"
+            ]
+            for name, r in replicas
+        ]
+        for t in _fitted("replicas", rcols, rrows):
+            out.print(t)
+    firsts = [p.first_row_at for p in summary.processors if p.first_row_at is not None]
+    first_row = f"{max(0.0, min(firsts) - launched_at):.2f} s" if firsts and launched_at is not None else "-"
+    lat = sorted(x for p in summary.processors for x in p.latencies_ms)
+    lat_p50 = f"{lat[(len(lat) - 1) // 2]:.0f} ms" if lat else "-"
     busy = summary.busy_events_per_s
     busy_s = f" ({busy:.1f}/s until the last write)" if busy is not None else ""
     out.print(
-        f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s{busy_s}, first row after "
-        f"{first}, peak RSS {summary.peak_rss_mb:.0f} MB, max event-loop lag "
-        f"{summary.loop_lag_max_ms:.0f} ms"
+        f"elapsed {summary.elapsed_s:.2f} s, {summary.events_per_s:.1f} events/s{busy_s}, launch to first "
+        f"row {first_row}, receive-to-row p50 {lat_p50}, peak RSS {summary.peak_rss_mb:.0f} MB, max "
+        f"event-loop lag {summary.loop_lag_max_ms:.0f} ms"
     )
+
+
+def _short_node(node: Any) -> str:
+    """A Ray node id (56 hex digits) as its first 8, as ``ray status`` users know them."""
+    return str(node)[:8] if node else "-"
 
 
 ProgressCallback = Callable[[list[ProcessorStats], float], None]
@@ -179,9 +213,12 @@ def run_cmd(
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON to this file.")
     ] = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Live progress line (default: on a terminal).")
-    ] = True,
+    no_progress: Annotated[
+        bool,
+        typer.Option(
+            "--no-progress", help="No progress line (default: live on a terminal, else logged every 10 s)."
+        ),
+    ] = False,
     ui: Annotated[
         bool,
         typer.Option(
@@ -230,14 +267,19 @@ def run_cmd(
     log_level: LogOpt = "info",
 ) -> None:
     """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
+    launched, launched_at = time.monotonic(), time.time()
     configure_logging(log_level)
+    progress = not no_progress
     from buildflow.runtime.base import Runtime
     from buildflow.runtime.inprocess import InProcessRuntime
 
     try:
         node = load_app(app)
         environment = node.environment(env, state_dir)
+        check_planned(app, environment, node.app_dir, explicit=explicit_env(env))
+        node.check()
         bound = node.bind(environment)
+        check_servers(bound, environment)
     except BuildflowError as e:
         raise fail(e) from e
     runtime: Runtime
@@ -263,15 +305,16 @@ def run_cmd(
     try:
         live_on = progress and err.is_terminal
         if live_on:
-            line = _Progress()
+            line = _Progress(launched)
             with Live(Text("starting..."), console=err, refresh_per_second=4, transient=False) as live:
                 summary = runtime.run(
                     bound, options, on_progress=_also(on_ui, lambda s, t: live.update(line.text(s, t)))
                 )
         elif progress:  # not a terminal (logs, CI): the same line, logged every 10 s
-            line, last = _Progress(), [0.0]
+            line, last = _Progress(launched), [0.0]
 
-            def log_progress(stats: list[ProcessorStats], elapsed: float) -> None:
+            def log_progress(stats: list[ProcessorStats], _: float) -> None:
+                elapsed = time.monotonic() - launched
                 if elapsed - last[0] >= 10:
                     last[0] = elapsed
                     log.info("%s", line.text(stats, elapsed).plain)
@@ -284,7 +327,7 @@ def run_cmd(
     finally:
         if ui_server is not None:
             ui_server.stop()
-    _print_summary(summary)
+    _print_summary(summary, launched_at)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if summary.error:

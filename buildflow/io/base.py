@@ -249,9 +249,14 @@ class SinkProvider(ABC):
     ``concurrent_writers``: True when several processes may write at once (BigQuery,
     PostgreSQL, Kafka). Otherwise (an embedded DuckDB file: one writing process at a
     time) a scale-out runtime opens it once and sends the replicas' rows to it.
+
+    ``sql_dialect``: the SQL dialect :meth:`query` takes, as sqlglot names it
+    (``"bigquery"``, ``"duckdb"``, ``"postgres"``), or None when the sink has no SQL.
+    ``buildflow query`` translates GoogleSQL to it (:mod:`buildflow.sql`).
     """
 
     concurrent_writers: ClassVar[bool] = False
+    sql_dialect: ClassVar[str | None] = None
 
     def __init__(self, declaration: SinkDeclaration, environment: Environment) -> None:
         self.declaration = declaration
@@ -267,4 +272,5 @@ class SinkProvider(ABC):
 
     @abstractmethod
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run a query against the sink's store (for ``buildflow query``): (columns, rows)."""
+        """Run a query, in :attr:`sql_dialect`, against the sink's store (for ``buildflow
+        query``): (columns, rows)."""

@@ -39,6 +39,7 @@ from buildflow.errors import (
     BuildflowError,
     PipelineStageError,
     ProcessorDefinitionError,
+    ResourceGoneError,
     RowRejectedError,
     RowValidationError,
 )
@@ -83,6 +84,11 @@ def _peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+#: Seconds a sink write is retried while the sink says its table does not exist, before the
+#: run stops with :class:`ResourceGoneError`.
+GONE_GRACE_S = 10.0
 
 
 def _reason(exc: BaseException) -> str:
@@ -199,6 +205,8 @@ class _Worker:
                         break
                     try:
                         got = await self.source.pull(want, timeout)
+                    except ResourceGoneError:  # one line of its own (destroy under a run)
+                        raise
                     except Exception as e:  # a source retries what is transient itself
                         raise PipelineStageError(
                             f"processor {self.spec.name}: pulling from {self.source_label} failed: "
@@ -391,6 +399,8 @@ class _Worker:
                     )
             try:
                 await self.source.ack(result.envelopes)
+            except ResourceGoneError:
+                raise
             except Exception as e:
                 raise PipelineStageError(
                     f"processor {self.spec.name}: acking {len(result.envelopes)} events on "
@@ -426,11 +436,19 @@ class _Worker:
     ) -> Sequence[RowRejection] | None:
         backoff: Backoff | None = None
         attempt = 1
+        gone_since: float | None = None
         while True:
             try:
                 return await sink.write(records)
-            except BuildflowError as e:
+            except ResourceGoneError as e:
+                # BigQuery may answer NotFound for a moment after a table is created: retried
+                # for GONE_GRACE_S, then the run stops (the table was deleted under it).
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since >= GONE_GRACE_S:
+                    raise
                 err: Exception = e
+            except BuildflowError as e:
+                err = e
             except Exception as e:
                 err = e
             self.stats.sink_retries += 1
@@ -641,11 +659,15 @@ class InProcessRuntime(Runtime):
                     if not t.cancelled() and t.exception() is not None:
                         exc = t.exception()
                         assert exc is not None
-                        if isinstance(exc, PipelineStageError):  # names the processor and the stage
+                        if isinstance(exc, ResourceGoneError):  # one line, in the summary
                             error = str(exc)
+                            log.debug("%s", error, exc_info=exc)
+                        elif isinstance(exc, PipelineStageError):  # names the processor and the stage
+                            error = str(exc)
+                            log.error("%s", error, exc_info=exc)
                         else:
                             error = f"{t.get_name()} failed: {_reason(exc)}"
-                        log.error("%s", error, exc_info=exc)
+                            log.error("%s", error, exc_info=None if isinstance(exc, BuildflowError) else exc)
                         run.request_stop("error")
                         run.hard.set()
                 if stopping in done and deadline is None:

@@ -559,6 +559,10 @@ class RayRuntime(Runtime):
         }
         if address == "local":
             kwargs.setdefault("include_dashboard", False)
+        # Ray's own INFO lines (instance started, package pushed) duplicate the log line below.
+        kwargs.setdefault(
+            "logging_level", logging.WARNING if not log.isEnabledFor(logging.DEBUG) else logging.INFO
+        )
         t0 = time.monotonic()
         try:
             ray.init(**kwargs)

@@ -125,8 +125,7 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
 
     # the documented UNNEST query works
     cats = query(
-        f"SELECT image_name, c.label FROM {TABLE}, UNNEST(classifications) AS t(c) "
-        "WHERE c.label = 'espresso'",
+        f"SELECT image_name, c.label FROM {TABLE}, UNNEST(classifications) AS c WHERE c.label = 'espresso'",
         state,
     )
     assert [r["image_name"] for r in cats] == ["coffee.jpg"]

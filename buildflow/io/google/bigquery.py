@@ -99,7 +99,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from buildflow.environment import Environment
-from buildflow.errors import ProvisioningError, SchemaError, TransientSinkError
+from buildflow.errors import (
+    ProvisioningError,
+    QueryError,
+    ResourceGoneError,
+    SchemaError,
+    TransientSinkError,
+)
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
 from buildflow.io.google.declarations import BigQueryTable, BigQueryWriteMode
@@ -596,9 +602,7 @@ class BigQuerySink(SinkRuntime):
                 raise TransientSinkError(f"MERGE into {self.table_id} failed: {_one_line(e)}") from e
             raise _RowsRejectedError(_one_line(e)) from e
         except exceptions.NotFound as e:
-            raise TransientSinkError(
-                f"MERGE into {self.table_id} failed: {_one_line(e)}; run `buildflow plan <app>` to create it"
-            ) from e
+            raise _gone(self.table_id, e) from e
         except (exceptions.GoogleAPIError, OSError, concurrent.futures.TimeoutError) as e:
             raise TransientSinkError(f"MERGE into {self.table_id} failed: {_one_line(e)}") from e
         inserted = int(job.num_dml_affected_rows or 0)
@@ -663,6 +667,8 @@ class BigQuerySink(SinkRuntime):
                 retry=self._retry(),
                 timeout=REQUEST_TIMEOUT_S,
             )
+        except exceptions.NotFound as e:
+            raise _gone(self.table_id, e) from e
         except (exceptions.GoogleAPIError, OSError) as e:
             raise TransientSinkError(f"insert into {self.table_id} failed: {_one_line(e)}") from e
         # A request with an invalid row inserts nothing: the valid rows come back with the
@@ -691,10 +697,18 @@ class BigQuerySink(SinkRuntime):
         self._io.stop()
 
 
+def _gone(table_id: str, e: BaseException) -> ResourceGoneError:
+    return ResourceGoneError(
+        f"table {table_id} no longer exists (deleted while running, e.g. by `buildflow destroy`): "
+        f"the run stops; `buildflow plan <app>` creates it again ({_one_line(e)})"
+    )
+
+
 class BigQueryTableProvider(SinkProvider):
     """Binds :class:`BigQueryTable` to ``gcp`` or ``emulator``."""
 
     concurrent_writers = True
+    sql_dialect = "bigquery"
 
     declaration: BigQueryTable
 
@@ -728,6 +742,16 @@ class BigQueryTableProvider(SinkProvider):
         )
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        result = bigquery_client(self.environment, self.project).query(sql).result()
+        from google.api_core import exceptions as gexc
+
+        try:
+            result = bigquery_client(self.environment, self.project).query(sql).result()
+        except gexc.NotFound as e:
+            raise QueryError(
+                f"{e.message}; run `buildflow plan <app>` to create the app's tables "
+                f"(this one: {self.table_id})"
+            ) from e
+        except gexc.BadRequest as e:
+            raise QueryError(f"query failed: {e.message}") from e
         cols = [f.name for f in result.schema]
         return cols, [tuple(row.values()) for row in result]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from buildflow.environment import Environment
+from buildflow.errors import ResourceGoneError
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.blobs import GCSBlobReader
 from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
@@ -176,6 +177,8 @@ class PubSubPullSource(SourceRuntime[Any]):
             if isinstance(e, exceptions.ServiceUnavailable):
                 log.warning("pull from %s failed, retrying: %s", self.subscription, e)
             return [], []
+        except exceptions.NotFound as e:
+            raise self._gone() from e
         deliver: list[Envelope[Any]] = []
         skip: list[str] = []
         for received in response.received_messages:
@@ -206,15 +209,26 @@ class PubSubPullSource(SourceRuntime[Any]):
             await asyncio.sleep(max(0.0, min(timeout_s, 0.05) - (time.monotonic() - t0)))
         return deliver
 
+    def _gone(self) -> ResourceGoneError:
+        return ResourceGoneError(
+            f"subscription {self.subscription} no longer exists (deleted while running, e.g. by "
+            "`buildflow destroy`): the run stops; `buildflow plan <app>` creates it again"
+        )
+
     async def _ack_ids(self, ack_ids: Sequence[str]) -> None:
+        from google.api_core import exceptions
+
         client = pubsub_subscriber(self.env)
         for i in range(0, len(ack_ids), _ACK_CHUNK):
             chunk = list(ack_ids[i : i + _ACK_CHUNK])
-            await self._io.run(
-                lambda c=chunk: client.acknowledge(  # type: ignore[misc]
-                    request={"subscription": self.subscription, "ack_ids": c}
+            try:
+                await self._io.run(
+                    lambda c=chunk: client.acknowledge(  # type: ignore[misc]
+                        request={"subscription": self.subscription, "ack_ids": c}
+                    )
                 )
-            )
+            except exceptions.NotFound as e:
+                raise self._gone() from e
 
     async def _modify(self, ack_ids: Sequence[str], seconds: int, worker: BlockingWorker) -> None:
         client = pubsub_subscriber(self.env)

@@ -34,6 +34,8 @@ from typing import Any
 
 from buildflow.errors import (
     MissingDependencyError,
+    QueryError,
+    ResourceGoneError,
     ResourceMissingError,
     TransientSinkError,
 )
@@ -407,8 +409,9 @@ class DuckDBSink(SinkRuntime):
             return self._insert(self._connection(), payload)
         except duckdb.CatalogException as e:
             self._release()
-            raise TransientSinkError(
-                f"table {self.target.full_name} is missing ({e}); run `buildflow plan` to create it"
+            raise ResourceGoneError(
+                f"table {self.target.full_name} no longer exists (deleted while running, e.g. by "
+                "`buildflow destroy`): the run stops; `buildflow plan <app>` creates it again"
             ) from e
         except duckdb.IOException as e:
             self._release()
@@ -494,6 +497,8 @@ class DuckDBSink(SinkRuntime):
 class DuckDBTableProvider(SinkProvider):
     """Binds :class:`BigQueryTable` (in ``local``) or :class:`DuckDBTable` to a DuckDB file."""
 
+    sql_dialect = "duckdb"
+
     def target(self) -> _Target:
         decl = self.declaration
         if isinstance(decl, BigQueryTable):
@@ -528,7 +533,30 @@ class DuckDBTableProvider(SinkProvider):
             raise ResourceMissingError(
                 f"DuckDB file {str(target.database)!r} does not exist; run `buildflow plan <app>` first."
             )
+        duckdb = _duckdb()
         with target.connect(read_only=True, wait_s=10) as con:
-            cur = con.execute(sql)
+            try:
+                cur = con.execute(sql)
+            except duckdb.CatalogException as e:
+                raise QueryError(_missing_table_message(con, target, e)) from e
+            except duckdb.Error as e:
+                raise QueryError(f"query failed: {e}") from e
             cols = [d[0] for d in cur.description or []]
             return cols, cur.fetchall()
+
+
+def _missing_table_message(con: Any, target: _Target, e: Exception) -> str:
+    """DuckDB's complaint about a name it does not know, with the tables the warehouse has
+    instead of DuckDB's guess from its own catalog (``pg_catalog.pg_description``...)."""
+    first = str(e).split("\n", 1)[0]
+    if "Table with name" not in first:
+        return f"query failed: {e}"
+    rows = con.execute(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema NOT IN "
+        "('information_schema', 'pg_catalog') ORDER BY 1"
+    ).fetchall()
+    tables = ", ".join(r[0] for r in rows)
+    db = repr(str(target.database))
+    have = f"tables in {db}: {tables}" if tables else f"{db} has no tables"
+    return f"{first}; {have}. Run `buildflow plan <app>` to create the app's tables."

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from buildflow.errors import ResourceGoneError
 from buildflow.events import BlobReader, GCSFileEvent
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.declarations import GCSFileStream
@@ -357,6 +358,11 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
         if not self._started:
             await self.start()
         if not self._pending:
+            if not self.root.is_dir():
+                raise ResourceGoneError(
+                    f"bucket folder {str(self.root)!r} no longer exists (deleted while running, e.g. "
+                    "by `buildflow destroy`): the run stops; `buildflow plan <app>` creates it again"
+                )
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), max(0.0, timeout_s))

@@ -522,6 +522,7 @@ class PostgresTableProvider(SinkProvider):
     """Binds :class:`PostgresTable` to its database (the same in every environment)."""
 
     concurrent_writers = True
+    sql_dialect = "postgres"
 
     declaration: PostgresTable
 
