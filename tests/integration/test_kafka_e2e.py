@@ -133,10 +133,12 @@ def wait_rows(
         time.sleep(0.3)
 
 
-@pytest.mark.parametrize("fmt", ["raw", "json", "reference"])
+@pytest.mark.parametrize("fmt", ["raw", "json", "reference", "pixels"])
 def test_each_payload_format_gives_rows_with_the_right_labels(kafka_app: dict[str, Any], fmt: str) -> None:
+    """``pixels``: the training API's payload (uint8 arrays as nested lists), read by a
+    ``payload_format="json"`` source."""
     folder = photo_folder(kafka_app["cwd"] / "photos")
-    extra = {"FORMAT": fmt, "REFERENCE_ROOT": str(folder)}
+    extra = {"FORMAT": "json" if fmt == "pixels" else fmt, "REFERENCE_ROOT": str(folder)}
     cli(kafka_app, "plan", "kafka_app:app", "--yes", **extra)
     produce(kafka_app, folder, fmt)
     cli(kafka_app, "run", "kafka_app:app", "--until-idle", **extra)

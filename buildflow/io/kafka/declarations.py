@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from buildflow.errors import ConfigurationError
 from buildflow.events import BlobReader, FileEvent
 from buildflow.io.base import SinkDeclaration, SourceDeclaration
+from buildflow.io.payloads import DEFAULT_MAX_PIXELS
 
 __all__ = ["KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
 
@@ -33,7 +34,7 @@ class KafkaMessageEvent(FileEvent):
             ``topic/partition/offset``.
         label: The ``label`` of a JSON envelope or header, if any (e.g. the true class).
         event_id: ``<topic>/<partition>/<offset>``: stable, so rows are keyed by it.
-        event_time: The record timestamp (UTC).
+        event_time: The JSON payload's ``timestamp`` if it has one, else the record timestamp (UTC).
         metadata: The record headers, decoded as UTF-8.
     """
 
@@ -71,12 +72,17 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
         group_id: Consumer group (source only). Default: ``buildflow-<processor>``.
         payload_format: ``raw`` (the value is the image; key = image id, headers =
             metadata), ``json`` (``{"image_id", "path", "label", "image_data": base64,
-            "timestamp"}``) or ``reference`` (the value is ``gs://bucket/object`` or a local
-            file path).
+            "timestamp"}``, or the training API's pixel payload ``{"data", "timestamp":
+            seconds, "image": HxW or HxWx3 nested lists of uint8}``: see
+            :mod:`buildflow.io.payloads`) or ``reference`` (the value is
+            ``gs://bucket/object`` or a local file path).
         partitions: Partitions ``plan`` creates the topic with.
         replication_factor: Replication factor ``plan`` creates the topic with.
         retention_ms: ``retention.ms`` of the topic, or None for the broker's default.
         max_message_bytes: Records larger than this are dead-lettered unread.
+        max_pixels: A pixel payload with more than this ``height * width`` is
+            dead-lettered before its pixels are read (default: Pillow's
+            ``MAX_IMAGE_PIXELS``, 89,478,485).
         reference_root: For ``reference`` records with local paths: the only folder they may
             point into (None: local references are refused).
         destroy_protection: ``destroy`` keeps the topic unless ``--force``.
@@ -92,6 +98,7 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
     replication_factor: int = 1
     retention_ms: int | None = None
     max_message_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
     reference_root: str | None = None
     destroy_protection: bool = False
     consumer_config: tuple[tuple[str, str], ...] = ()
@@ -109,6 +116,8 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
                 f"KafkaTopic: payload_format {self.payload_format!r} is not one of "
                 "'raw', 'json', 'reference'."
             )
+        if self.max_pixels < 1:
+            raise ConfigurationError(f"KafkaTopic: max_pixels={self.max_pixels!r} must be >= 1.")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigurationError("KafkaTopic: partitions and replication_factor must be >= 1.")
         for name in ("consumer_config", "producer_config"):

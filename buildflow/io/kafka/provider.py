@@ -13,8 +13,6 @@ The consumer is not thread-safe: every call to it runs on the source's one I/O t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import datetime
 import functools
@@ -37,6 +35,8 @@ from buildflow.io.base import (
 from buildflow.io.kafka.declarations import KafkaMessageEvent, KafkaTopic
 from buildflow.io.kafka.envelope import confluent_kafka_module as _ck
 from buildflow.io.kafka.envelope import encode_json_envelope as encode_json_envelope
+from buildflow.io.payloads import BytesBlob as BytesBlob
+from buildflow.io.payloads import PayloadError, decode_json_payload
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, to_json
@@ -44,14 +44,6 @@ from buildflow.schema import TableSchema, to_json
 __all__ = ["KafkaSourceProvider", "KafkaSinkProvider", "decode_record", "encode_json_envelope"]
 
 log = logging.getLogger("buildflow.io.kafka")
-
-
-@dataclasses.dataclass(frozen=True)
-class BytesBlob(BlobReader):
-    data: bytes
-
-    def read(self) -> bytes:
-        return self.data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +63,8 @@ class LocalFileBlob(BlobReader):
 
 def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
     """One consumed record -> envelope of a :class:`KafkaMessageEvent`, or one with
-    ``error`` set (bad JSON, bad base64, bad reference, over the size limit)."""
+    ``error`` set (bad JSON, bad base64, a bad pixel array, bad reference, over the size
+    limit). ``json`` records are decoded by :func:`buildflow.io.payloads.decode_json_payload`."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     event_id = f"{topic}/{partition}/{offset}"
     now = datetime.datetime.now(datetime.UTC)
@@ -92,14 +85,14 @@ def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
             error = ValueError("empty record: no image bytes")
     elif decl.payload_format == "json":
         try:
-            doc = json.loads(value)
-            if not isinstance(doc, dict) or "image_data" not in doc:
-                raise ValueError("expected a JSON object with 'image_data'")
-            reader = BytesBlob(base64.b64decode(doc["image_data"], validate=True))
-            name = str(doc.get("image_id") or doc.get("path") or name)
-            label = doc.get("label") or label
-        except (ValueError, binascii.Error, TypeError) as e:
-            error = ValueError(f"bad JSON envelope: {e}")
+            payload = decode_json_payload(value, max_pixels=decl.max_pixels)
+        except PayloadError as e:
+            error = e
+        else:
+            reader = BytesBlob(payload.image)
+            name = payload.name or name
+            label = payload.label or label
+            when = payload.timestamp or when
     else:  # reference
         ref = value.decode("utf-8", "replace").strip()
         name = key or ref
