@@ -230,7 +230,8 @@ def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(kafka_app:
         )
     }
     assert set(dead) == {"bad-json", "bad-base64", "not-an-image", "too-big"}
-    assert "bad JSON envelope" in dead["bad-json"]["reason"]
+    assert "not JSON" in dead["bad-json"]["reason"]
+    assert "bad 'image_data'" in dead["bad-base64"]["reason"]
     assert "over max_message_bytes" in dead["too-big"]["reason"]
     assert dead["not-an-image"]["stage"] == "process"
     assert all(r["event_id"].startswith(f"{topic}/0/") for r in dead.values())  # coordinates

@@ -17,9 +17,10 @@ from buildflow.events import BlobReader, FileEvent
 from buildflow.io.base import SinkDeclaration, SourceDeclaration
 from buildflow.io.payloads import DEFAULT_MAX_PIXELS
 
-__all__ = ["KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
+__all__ = ["Assignment", "KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
 
 PayloadFormat = Literal["raw", "json", "reference"]
+Assignment = Literal["group", "manual"]
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
@@ -86,8 +87,16 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
         reference_root: For ``reference`` records with local paths: the only folder they may
             point into (None: local references are refused).
         destroy_protection: ``destroy`` keeps the topic unless ``--force``.
-        consumer_config / producer_config: Extra librdkafka settings, e.g.
-            ``{"session.timeout.ms": "6000"}``.
+        assignment: ``group`` (default): the consumer group spreads the partitions over
+            every consumer of ``group_id`` (processes, Ray replicas) and moves them when one
+            joins or leaves. ``manual``: this consumer reads every partition of the topic
+            by explicit assignment (``Consumer.assign``), with no group join at all, from
+            the offsets committed for ``group_id``; no rebalances, so only one consumer
+            may read the topic this way (on Ray one source server reads it for all
+            replicas). Starts in well under a second instead of the group join.
+        consumer_config / producer_config: Extra librdkafka settings, over
+            :data:`buildflow.io.kafka.provider.CONSUMER_DEFAULTS` (consumer) e.g.
+            ``{"group.instance.id": "worker-1"}`` for static membership.
     """
 
     bootstrap_servers: str
@@ -101,6 +110,7 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
     max_pixels: int = DEFAULT_MAX_PIXELS
     reference_root: str | None = None
     destroy_protection: bool = False
+    assignment: Assignment = "group"
     consumer_config: tuple[tuple[str, str], ...] = ()
     producer_config: tuple[tuple[str, str], ...] = ()
 
@@ -115,6 +125,11 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
             raise ConfigurationError(
                 f"KafkaTopic: payload_format {self.payload_format!r} is not one of "
                 "'raw', 'json', 'reference'."
+            )
+        if self.assignment not in ("group", "manual"):
+            raise ConfigurationError(
+                f"KafkaTopic: assignment {self.assignment!r} is not one of 'group' (the consumer "
+                "group spreads partitions) or 'manual' (read every partition, no group join)."
             )
         if self.max_pixels < 1:
             raise ConfigurationError(f"KafkaTopic: max_pixels={self.max_pixels!r} must be >= 1.")
