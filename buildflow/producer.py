@@ -6,6 +6,7 @@ as possible or at a fixed rate, in any payload format of :class:`buildflow.io.Ka
 
     buildflow produce ~/flowers --kafka 127.0.0.1:9092/images --format json --rate 50
     buildflow produce ~/flowers --pubsub projects/my-project/topics/images
+    buildflow produce ~/flowers --kafka 127.0.0.1:9092/images --format pixels
     buildflow produce --fashion-mnist --start 0 --end 1000 --kafka 127.0.0.1:9092/fashion
 
 ``--fashion-mnist`` publishes Fashion-MNIST images by index range instead of a folder
@@ -19,13 +20,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from buildflow.errors import ConfigurationError
 from buildflow.io.kafka.declarations import KafkaTopic
 from buildflow.io.kafka.envelope import confluent_kafka_module, encode_json_envelope
+from buildflow.io.payloads import encode_pixel_payload
 
 __all__ = [
+    "PRODUCE_FORMATS",
+    "ProduceFormat",
     "ProducerTarget",
     "KafkaProducerTarget",
     "PubSubProducerTarget",
@@ -67,12 +71,33 @@ class ProducerTarget(ABC):
         """
 
 
-class KafkaProducerTarget(ProducerTarget):
-    """Produces in the declaration's payload format: ``raw`` (value = bytes, key = name,
-    headers = label/path), ``json`` (the JSON envelope) or ``reference`` (value = the path)."""
+#: What a producer can send: the payload formats of the sources, plus ``pixels`` (the
+#: training API's ``{"data", "timestamp", "image": nested uint8 lists}``, which a source
+#: with ``payload_format="json"`` reads).
+ProduceFormat = Literal["raw", "json", "reference", "pixels"]
+PRODUCE_FORMATS: tuple[str, ...] = get_args(ProduceFormat)
 
-    def __init__(self, decl: KafkaTopic) -> None:
+
+def _payload(fmt: str, name: str, data: bytes, label: str | None, path: Path | None) -> bytes:
+    if fmt == "json":
+        return encode_json_envelope(name, data, path=str(path) if path else name, label=label)
+    if fmt == "pixels":
+        return encode_pixel_payload(data)
+    if fmt == "reference":
+        if path is None:
+            raise ConfigurationError("the reference format sends file paths: give a folder of files")
+        return str(path).encode()
+    return data
+
+
+class KafkaProducerTarget(ProducerTarget):
+    """Produces in ``fmt`` (default: the declaration's payload format): ``raw`` (value =
+    bytes), ``json`` (the JSON envelope), ``pixels`` (the training API's pixel payload) or
+    ``reference`` (value = the path); key = the image's name, header ``label`` = its label."""
+
+    def __init__(self, decl: KafkaTopic, fmt: ProduceFormat | None = None) -> None:
         self.decl = decl
+        self.fmt = fmt or decl.payload_format
         self._producer = confluent_kafka_module().Producer(
             {
                 "bootstrap.servers": decl.bootstrap_servers,
@@ -89,14 +114,7 @@ class KafkaProducerTarget(ProducerTarget):
 
     def send(self, name: str, data: bytes, *, label: str | None, path: Path | None = None) -> None:
         headers = [("label", label.encode())] if label else []
-        if self.decl.payload_format == "json":
-            value = encode_json_envelope(name, data, path=str(path) if path else name, label=label)
-        elif self.decl.payload_format == "reference":
-            if path is None:
-                raise ConfigurationError("reference format needs a file path")
-            value = str(path).encode()
-        else:
-            value = data
+        value = _payload(self.fmt, name, data, label, path)
         while True:
             try:
                 self._producer.produce(
@@ -124,11 +142,19 @@ class KafkaProducerTarget(ProducerTarget):
 
 
 class PubSubProducerTarget(ProducerTarget):
-    """Publishes the image bytes as the payload, with ``name`` and ``label`` attributes."""
+    """Publishes in ``fmt``: ``raw`` (the image bytes), ``json`` (the JSON envelope) or
+    ``pixels`` (the training API's pixel payload), with ``name`` and ``label`` attributes.
 
-    def __init__(self, topic_path: str) -> None:
+    Raises:
+        ConfigurationError: ``fmt`` is ``reference`` (Kafka only) or unknown.
+    """
+
+    def __init__(self, topic_path: str, fmt: ProduceFormat = "raw") -> None:
         from buildflow.extras import import_optional
 
+        if fmt not in ("raw", "json", "pixels"):
+            raise ConfigurationError(f"Pub/Sub payload format {fmt!r}: use raw, json or pixels")
+        self.fmt = fmt
         self.topic_path = topic_path
         pubsub = import_optional("google.cloud.pubsub_v1", extra="gcp", needed_by="producing to Pub/Sub")
         self._client = pubsub.PublisherClient()
@@ -136,7 +162,8 @@ class PubSubProducerTarget(ProducerTarget):
 
     def send(self, name: str, data: bytes, *, label: str | None, path: Path | None = None) -> None:
         attrs = {"name": name} | ({"label": label} if label else {})
-        self._futures.append(self._client.publish(self.topic_path, data, **attrs))
+        payload = _payload(self.fmt, name, data, label, path)
+        self._futures.append(self._client.publish(self.topic_path, payload, **attrs))
 
     def close(self) -> None:
         failed = []

@@ -69,7 +69,13 @@ def produce_cmd(
     pubsub: Annotated[
         str | None, typer.Option("--pubsub", help="projects/P/topics/T of a Pub/Sub topic.")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Kafka payload: raw | json | reference.")] = "raw",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Payload: raw | json | pixels (the training API's uint8 arrays) | reference (Kafka).",
+        ),
+    ] = "raw",
     rate: Annotated[
         float | None,
         typer.Option("--rate", min=0.001, help="Images per second (default: as fast as possible)."),
@@ -97,6 +103,7 @@ def produce_cmd(
     from buildflow.environment import Environment
     from buildflow.io.kafka import KafkaTopic
     from buildflow.producer import (
+        PRODUCE_FORMATS,
         KafkaProducerTarget,
         ProducerTarget,
         PubSubProducerTarget,
@@ -110,8 +117,10 @@ def produce_cmd(
             raise BuildflowError("give exactly one of FOLDER or --fashion-mnist")
         if split not in ("train", "test"):
             raise BuildflowError(f"--split {split!r}: use 'test' or 'train'")
+        if fmt not in PRODUCE_FORMATS:
+            raise BuildflowError(f"--format {fmt!r}: use one of {', '.join(PRODUCE_FORMATS)}")
         if fashion_mnist and fmt == "reference":
-            raise BuildflowError("--fashion-mnist sends image bytes: use --format raw or json")
+            raise BuildflowError("--fashion-mnist sends image bytes: use --format raw, json or pixels")
         if (kafka is None) == (pubsub is None):
             raise BuildflowError(
                 "give exactly one of --kafka HOST:PORT/TOPIC or --pubsub projects/P/topics/T"
@@ -122,12 +131,16 @@ def produce_cmd(
             if not servers or not topic:
                 raise BuildflowError(f"--kafka {kafka!r}: expected HOST:PORT/TOPIC")
             check_kafka(servers)
-            target = KafkaProducerTarget(KafkaTopic(servers, topic, payload_format=fmt))  # type: ignore[arg-type]
+            source_format = "json" if fmt == "pixels" else fmt
+            target = KafkaProducerTarget(
+                KafkaTopic(servers, topic, payload_format=source_format),  # type: ignore[arg-type]
+                fmt=fmt,  # type: ignore[arg-type]
+            )
         else:
             assert pubsub is not None
             if os.environ.get("PUBSUB_EMULATOR_HOST"):
                 preflight(Environment("emulator", Path.cwd()), variables=("PUBSUB_EMULATOR_HOST",))
-            target = PubSubProducerTarget(pubsub)
+            target = PubSubProducerTarget(pubsub, fmt=fmt)  # type: ignore[arg-type]
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),

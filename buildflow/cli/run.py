@@ -196,6 +196,24 @@ def _start_ui(
     return server, state.update
 
 
+def start_metrics(
+    bound: list[BoundProcessor], port: int | None, host: str
+) -> tuple[Any, ProgressCallback | None]:
+    """Start the Prometheus metrics server of ``--metrics-port``: (the exporter, the progress
+    callback that feeds it), or (None, None) without the option."""
+    if port is None:
+        return None, None
+    from buildflow.prometheus import MetricsExporter
+
+    exporter = MetricsExporter([b.name for b in bound])
+    try:
+        url = exporter.start(host, port)
+    except BuildflowError as e:
+        raise fail(e) from e
+    err.print(f"metrics: {url}", markup=False, soft_wrap=True)
+    return exporter, exporter.update
+
+
 @cli.command("run")
 def run_cmd(
     app: AppArg,
@@ -238,6 +256,18 @@ def run_cmd(
     ui_max_upload_mb: Annotated[
         float, typer.Option("--ui-max-upload-mb", min=0.001, help="Largest file the page accepts, MiB.")
     ] = 20.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics server listens on.")
+    ] = "127.0.0.1",
     runtime_name: Annotated[
         str,
         typer.Option(
@@ -303,6 +333,14 @@ def run_cmd(
     )
     ui_server, on_ui = _start_ui(bound, ui, ui_host, ui_port, ui_token, ui_max_upload_mb)
     try:
+        exporter, on_metrics = start_metrics(bound, metrics_port, metrics_host)
+    except BaseException:
+        if ui_server is not None:
+            ui_server.stop()
+        raise
+    if on_metrics is not None:
+        on_ui = _also(on_ui, on_metrics)
+    try:
         live_on = progress and err.is_terminal
         if live_on:
             line = _Progress(launched)
@@ -327,6 +365,8 @@ def run_cmd(
     finally:
         if ui_server is not None:
             ui_server.stop()
+        if exporter is not None:
+            exporter.stop()
     _print_summary(summary, launched_at)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str))

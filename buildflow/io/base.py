@@ -215,10 +215,11 @@ class SourceProvider(ABC):
     ``shared_consumers``: True when several processes may open the source for the same
     consumer at once and the service spreads the events over them (a Pub/Sub
     subscription, a Kafka consumer group). Otherwise a scale-out runtime opens it once
-    and hands its events to the replicas.
+    and hands its events to the replicas. A provider may set it per declaration (a Kafka
+    topic read by explicit partition assignment is not shared).
     """
 
-    shared_consumers: ClassVar[bool] = False
+    shared_consumers: bool = False
 
     def __init__(self, declaration: SourceDeclaration, environment: Environment) -> None:
         self.declaration = declaration

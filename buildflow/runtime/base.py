@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from buildflow.io.base import SinkProvider, SourceProvider
+from buildflow.metrics import BucketCounts
 from buildflow.processor import ProcessorSpec
 from buildflow.provisioning import Resource
 
@@ -103,6 +104,25 @@ class ProcessorStats:
     per_replica: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     latencies_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # dead letters by the exception's class name (DeadLetterRow.error_type)
+    dead_letters_by_type: dict[str, int] = dataclasses.field(default_factory=dict)
+    # receive-to-written latency of every event, and the process() time of every
+    # micro-batch, in seconds (what buildflow_event_latency_seconds / buildflow_batch_seconds
+    # export)
+    latency_s: BucketCounts = dataclasses.field(default_factory=BucketCounts, repr=False)
+    batch_s: BucketCounts = dataclasses.field(default_factory=BucketCounts, repr=False)
+
+    def copy(self) -> ProcessorStats:
+        """A copy that later updates of this one do not change."""
+        return dataclasses.replace(
+            self,
+            latencies_ms=list(self.latencies_ms),
+            metrics=dict(self.metrics),
+            per_replica=[dict(r) for r in self.per_replica],
+            dead_letters_by_type=dict(self.dead_letters_by_type),
+            latency_s=self.latency_s.copy(),
+            batch_s=self.batch_s.copy(),
+        )
 
     def latency_percentile_ms(self, q: float) -> float | None:
         """Nearest-rank percentile ``q`` (0-100) of receive-to-row latency."""
@@ -163,6 +183,8 @@ class RunSummary:
         d = dataclasses.asdict(self)
         for p, stats in zip(d["processors"], self.processors):
             p.pop("latencies_ms")
+            p.pop("latency_s")
+            p.pop("batch_s")
             p["latency_p50_ms"] = stats.latency_percentile_ms(50)
             p["latency_p95_ms"] = stats.latency_percentile_ms(95)
         d.update(

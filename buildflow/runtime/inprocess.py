@@ -247,10 +247,12 @@ class _Worker:
                 if batch is _DONE:
                     return
                 self.processing = True
+                t0 = time.monotonic()
                 try:
                     result = await self.thread.run(functools.partial(self._process_sync, batch))
                 finally:
                     self.processing = False
+                self.stats.batch_s.observe(time.monotonic() - t0)
                 await self.write_q.put(result)
         finally:
             await self._put_done(self.write_q)
@@ -419,7 +421,12 @@ class _Worker:
                 self.stats.first_row_s = now - self.run.started
                 self.stats.first_row_at = time.time()
             for env in result.envelopes:
-                self.stats.latencies_ms.append((wall - env.received_at).total_seconds() * 1000)
+                latency_s = (wall - env.received_at).total_seconds()
+                self.stats.latencies_ms.append(latency_s * 1000)
+                self.stats.latency_s.observe(latency_s)
+            for d in result.dead:
+                kind = str(d.values.get("error_type") or "Exception")
+                self.stats.dead_letters_by_type[kind] = self.stats.dead_letters_by_type.get(kind, 0) + 1
 
     def _reject(self, result: _BatchResult, rejected: Sequence[RowRejection]) -> None:
         """Dead-letter the events whose rows the sink refused for good."""

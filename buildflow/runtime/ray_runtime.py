@@ -388,7 +388,7 @@ class Replica:
         """(a copy of the live stats, the wall clock its run started at, peak RSS MiB)."""
         s = self._stats
         if s is not None:
-            s = dataclasses.replace(s, latencies_ms=list(s.latencies_ms), metrics=dict(s.metrics))
+            s = s.copy()
         return s, self._started_at, _peak_rss_mb()
 
     def node(self) -> str:
@@ -885,6 +885,10 @@ class RayRuntime(Runtime):
             out.teardown_calls += s.teardown_calls
             out.sink_retries += s.sink_retries
             out.latencies_ms.extend(s.latencies_ms)
+            out.latency_s.add(s.latency_s)
+            out.batch_s.add(s.batch_s)
+            for kind, n in s.dead_letters_by_type.items():
+                out.dead_letters_by_type[kind] = out.dead_letters_by_type.get(kind, 0) + n
             if s.first_row_at is not None and (out.first_row_at is None or s.first_row_at < out.first_row_at):
                 out.first_row_at = s.first_row_at
             if s.setup_s is not None:

@@ -129,7 +129,7 @@ class Uploader:
             def pubsub() -> Any:
                 from buildflow.producer import PubSubProducerTarget
 
-                return PubSubProducerTarget(decl.topic_path)
+                return PubSubProducerTarget(decl.topic_path, fmt=decl.payload_format)
 
             return pubsub
         return None

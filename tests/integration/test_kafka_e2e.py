@@ -133,10 +133,12 @@ def wait_rows(
         time.sleep(0.3)
 
 
-@pytest.mark.parametrize("fmt", ["raw", "json", "reference"])
+@pytest.mark.parametrize("fmt", ["raw", "json", "reference", "pixels"])
 def test_each_payload_format_gives_rows_with_the_right_labels(kafka_app: dict[str, Any], fmt: str) -> None:
+    """``pixels``: the training API's payload (uint8 arrays as nested lists), read by a
+    ``payload_format="json"`` source."""
     folder = photo_folder(kafka_app["cwd"] / "photos")
-    extra = {"FORMAT": fmt, "REFERENCE_ROOT": str(folder)}
+    extra = {"FORMAT": "json" if fmt == "pixels" else fmt, "REFERENCE_ROOT": str(folder)}
     cli(kafka_app, "plan", "kafka_app:app", "--yes", **extra)
     produce(kafka_app, folder, fmt)
     cli(kafka_app, "run", "kafka_app:app", "--until-idle", **extra)
@@ -228,7 +230,8 @@ def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(kafka_app:
         )
     }
     assert set(dead) == {"bad-json", "bad-base64", "not-an-image", "too-big"}
-    assert "bad JSON envelope" in dead["bad-json"]["reason"]
+    assert "not JSON" in dead["bad-json"]["reason"]
+    assert "bad 'image_data'" in dead["bad-base64"]["reason"]
     assert "over max_message_bytes" in dead["too-big"]["reason"]
     assert dead["not-an-image"]["stage"] == "process"
     assert all(r["event_id"].startswith(f"{topic}/0/") for r in dead.values())  # coordinates

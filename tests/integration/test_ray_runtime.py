@@ -405,3 +405,43 @@ def test_ray_options_without_the_ray_runtime_fail_clearly(tmp_path: Path) -> Non
     assert "--address and --replicas need --runtime ray" in proc.stderr
     proc = _cli("run", "main:app", "--runtime", "spark", "--state-dir", str(tmp_path / "state"), env=env)
     assert proc.returncode == 1 and "unknown runtime 'spark'" in proc.stderr
+
+
+def test_prometheus_metrics_are_summed_over_replicas(ray_session: Any) -> None:
+    """``--metrics-port`` on Ray: the exporter, fed by the driver's progress callback,
+    serves each processor's counts summed over its replicas."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from buildflow.prometheus import MetricsExporter
+    from buildflow.runtime.ray_runtime import RayRuntime
+
+    exporter = MetricsExporter(["Slow"])
+    seen_replicas: list[int | None] = []
+
+    class Exported(RayRuntime):
+        def run(self, processors: Any, options: RunOptions, on_progress: Any = None) -> Any:
+            def feed(stats: Any, elapsed: float) -> None:
+                seen_replicas.append(stats[0].replicas)
+                exporter.update(stats, elapsed)
+
+            return super().run(processors, dataclasses.replace(options, progress_interval_s=0.2), feed)
+
+    url = exporter.start("127.0.0.1", 0)
+    try:
+        result = run_processor(Slow(), events(40), runtime=Exported())
+        text = httpx.get(url, timeout=5).text
+    finally:
+        exporter.stop()
+    got = {
+        (s.name, s.labels.get("le")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    (stats,) = result.summary.processors
+    assert got[("buildflow_events_total", None)] == stats.events == 40
+    assert got[("buildflow_rows_total", None)] == len(result.rows) == 40
+    assert got[("buildflow_model_loads_total", None)] == 2  # one per replica, added up
+    assert got[("buildflow_event_latency_seconds_count", None)] == 40
+    assert got[("buildflow_batch_seconds_count", None)] == stats.batches
+    assert all(r["events"] > 0 for r in stats.per_replica) and len(stats.per_replica) == 2
+    assert 2 in seen_replicas  # the replicas gauge while both ran
+    assert got[("buildflow_replicas", None)] == 0  # and after the run

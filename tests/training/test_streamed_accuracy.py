@@ -62,9 +62,11 @@ def _query(cwd: Path, env: dict[str, str], sql: str) -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["raw", "json"])  # true label in a record header / in the JSON envelope
+# true label in a record header / in the JSON envelope; ``pixels``: the training API's
+# payload (uint8 arrays as nested lists, true label in a header) read as ``json``
+@pytest.mark.parametrize(("fmt", "images"), [("raw", IMAGES), ("json", IMAGES), ("pixels", 100)])
 def test_streamed_accuracy_equals_offline_evaluation(
-    local_stack: Stack, tiny_run: TrainResult, tmp_path: Path, fmt: str
+    local_stack: Stack, tiny_run: TrainResult, tmp_path: Path, fmt: str, images: int
 ) -> None:
     assert tiny_run.model is not None
     (tmp_path / "fashion_app.py").write_text(APP)
@@ -74,7 +76,7 @@ def test_streamed_accuracy_equals_offline_evaluation(
         **local_stack.env,
         "CHECKPOINT": tiny_run.model,
         "TOPIC": topic,
-        "FORMAT": fmt,
+        "FORMAT": "json" if fmt == "pixels" else fmt,
         "COLUMNS": "200",
     }
     env.pop("BUILDFLOW_ENV", None)
@@ -87,13 +89,13 @@ def test_streamed_accuracy_equals_offline_evaluation(
         "--start",
         "0",
         "--end",
-        str(IMAGES),
+        str(images),
         "--kafka",
         f"{env['KAFKA_BOOTSTRAP_SERVERS']}/{topic}",
         "--format",
         fmt,
     )
-    assert f"sent {IMAGES} images" in sent
+    assert f"sent {images} images" in sent
     _cli(tmp_path, env, "run", "fashion_app:app", "--until-idle")
 
     [streamed] = _query(
@@ -103,8 +105,8 @@ def test_streamed_accuracy_equals_offline_evaluation(
         "sum(CASE WHEN true_label = predicted_label THEN 1 ELSE 0 END) AS correct, "
         "avg(CAST(correct AS DOUBLE)) AS accuracy FROM fashion_mnist.predictions",
     )
-    report, offline = evaluate(tiny_run.model, split="test", start=0, end=IMAGES)
-    assert streamed["images"] == streamed["labelled"] == report["images"] == IMAGES
+    report, offline = evaluate(tiny_run.model, split="test", start=0, end=images)
+    assert streamed["images"] == streamed["labelled"] == report["images"] == images
     assert streamed["correct"] == report["correct"]
     assert streamed["accuracy"] == report["accuracy"]
     # and image by image
@@ -112,7 +114,7 @@ def test_streamed_accuracy_equals_offline_evaluation(
         tmp_path, env, "SELECT image_name, true_label, predicted_label FROM fashion_mnist.predictions"
     )
     by_index = {int(r["image_name"].rsplit("/", 1)[1].removesuffix(".png")): r for r in rows}
-    assert sorted(by_index) == list(range(IMAGES))
+    assert sorted(by_index) == list(range(images))
     for i, expected in enumerate(offline):
         assert (by_index[i]["true_label"], by_index[i]["predicted_label"]) == (
             expected["true"],

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, get_args
 from buildflow.errors import ConfigurationError
 from buildflow.events import GCSFileEvent, PubSubMessageEvent
 from buildflow.io.base import DEAD_LETTER_TABLE_NAME, SinkDeclaration, SourceDeclaration
+from buildflow.io.payloads import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "GCSFileStream",
@@ -199,6 +200,13 @@ class PubSubSubscription(SourceDeclaration):
         subscription: Subscription name (short, not the full path).
         topic: Topic name (short), or ``projects/<p>/topics/<t>`` for another project's.
         ack_deadline_secs: 10-600 s; leases of in-flight messages are extended to it.
+        payload_format: ``raw`` (the payload is the image file, or a ``gs://`` reference)
+            or ``json`` (the buildflow JSON envelope with base64 ``image_data``, or the
+            training API's pixel payload ``{"data", "timestamp": seconds, "image": HxW or
+            HxWx3 nested lists of uint8}``: see :mod:`buildflow.io.payloads`).
+        max_pixels: A pixel payload with more than this ``height * width`` is
+            dead-lettered before its pixels are read (default: Pillow's
+            ``MAX_IMAGE_PIXELS``, 89,478,485).
 
     Raises:
         ConfigurationError: a name or value is invalid.
@@ -208,6 +216,8 @@ class PubSubSubscription(SourceDeclaration):
     subscription: str
     topic: str
     ack_deadline_secs: int = 60
+    payload_format: Literal["raw", "json"] = "raw"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     event_type: ClassVar[type] = PubSubMessageEvent
 
@@ -219,6 +229,12 @@ class PubSubSubscription(SourceDeclaration):
                     f"PubSubSubscription: invalid {what} {value!r}: 3-255 letters, digits or "
                     "-._~+%, starting with a letter and not with 'goog'."
                 )
+        if self.payload_format not in ("raw", "json"):
+            raise ConfigurationError(
+                f"PubSubSubscription: payload_format {self.payload_format!r} is not one of 'raw', 'json'."
+            )
+        if self.max_pixels < 1:
+            raise ConfigurationError(f"PubSubSubscription: max_pixels={self.max_pixels!r} must be >= 1.")
         if not 10 <= self.ack_deadline_secs <= 600:
             raise ConfigurationError(
                 f"PubSubSubscription: ack_deadline_secs={self.ack_deadline_secs!r} is outside "

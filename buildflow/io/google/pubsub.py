@@ -19,10 +19,12 @@ from typing import Any
 
 from buildflow.environment import Environment
 from buildflow.errors import ResourceGoneError
+from buildflow.events import BlobReader
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.blobs import GCSBlobReader
 from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
 from buildflow.io.google.declarations import PubSubSubscription
+from buildflow.io.payloads import BytesBlob, PayloadError, decode_json_payload
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 
@@ -304,7 +306,9 @@ def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
 
 def decode_message(received: Any, decl: PubSubSubscription, env: Environment) -> Decoded:
     """A received message -> envelope of a :class:`PubSubMessageEvent` (or one with
-    ``error`` set: an empty message, or a malformed ``gs://`` reference)."""
+    ``error`` set: an empty message, a malformed ``gs://`` reference, or with
+    ``payload_format="json"`` a payload :func:`buildflow.io.payloads.decode_json_payload`
+    refuses). A JSON payload's ``timestamp``, when it has one, is the event time."""
     from buildflow.events import PubSubMessageEvent
 
     m = received.message
@@ -314,12 +318,25 @@ def decode_message(received: Any, decl: PubSubSubscription, env: Environment) ->
     event_id = f"{decl.topic_path.rsplit('/', 1)[-1]}/{m.message_id}"
     data: bytes = m.data or b""
     uri = attrs.get("uri") or attrs.get("gcs_uri")
-    if uri is None and data[:5] == b"gs://" and len(data) < 2048:
+    if uri is None and decl.payload_format == "raw" and data[:5] == b"gs://" and len(data) < 2048:
         uri = data.decode("utf-8", "replace").strip()
     error: Exception | None = None
-    reader = None
+    reader: BlobReader | None = None
     name = attrs.get("name") or attrs.get("objectId") or m.message_id
-    if uri is not None:
+    when: datetime.datetime | None = None
+    if decl.payload_format == "json":
+        uri = None
+        try:
+            payload = decode_json_payload(data, max_pixels=decl.max_pixels)
+        except PayloadError as e:
+            error = e
+        else:
+            reader = BytesBlob(payload.image)
+            name = attrs.get("name") or payload.name or name
+            when = payload.timestamp
+            if payload.label and not attrs.get("label"):
+                attrs["label"] = payload.label
+    elif uri is not None:
         bucket, _, obj = uri.removeprefix("gs://").partition("/")
         if not uri.startswith("gs://") or not bucket or not obj:
             error = ValueError(f"malformed reference {uri!r}: expected gs://bucket/object")
@@ -330,9 +347,10 @@ def decode_message(received: Any, decl: PubSubSubscription, env: Environment) ->
     elif not data:
         error = ValueError("empty message: neither a payload nor a gs:// reference (attribute 'uri')")
     publish_time = getattr(m, "publish_time", None)
-    when = now
-    if publish_time is not None:
-        when = datetime.datetime.fromtimestamp(publish_time.timestamp(), tz=datetime.UTC)
+    if when is None:
+        when = now
+        if publish_time is not None:
+            when = datetime.datetime.fromtimestamp(publish_time.timestamp(), tz=datetime.UTC)
     event = PubSubMessageEvent(
         message_id=m.message_id,
         data=data,

@@ -15,10 +15,12 @@ from typing import ClassVar, Literal
 from buildflow.errors import ConfigurationError
 from buildflow.events import BlobReader, FileEvent
 from buildflow.io.base import SinkDeclaration, SourceDeclaration
+from buildflow.io.payloads import DEFAULT_MAX_PIXELS
 
-__all__ = ["KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
+__all__ = ["Assignment", "KafkaTopic", "KafkaMessageEvent", "PayloadFormat"]
 
 PayloadFormat = Literal["raw", "json", "reference"]
+Assignment = Literal["group", "manual"]
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
@@ -33,7 +35,7 @@ class KafkaMessageEvent(FileEvent):
             ``topic/partition/offset``.
         label: The ``label`` of a JSON envelope or header, if any (e.g. the true class).
         event_id: ``<topic>/<partition>/<offset>``: stable, so rows are keyed by it.
-        event_time: The record timestamp (UTC).
+        event_time: The JSON payload's ``timestamp`` if it has one, else the record timestamp (UTC).
         metadata: The record headers, decoded as UTF-8.
     """
 
@@ -71,17 +73,30 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
         group_id: Consumer group (source only). Default: ``buildflow-<processor>``.
         payload_format: ``raw`` (the value is the image; key = image id, headers =
             metadata), ``json`` (``{"image_id", "path", "label", "image_data": base64,
-            "timestamp"}``) or ``reference`` (the value is ``gs://bucket/object`` or a local
-            file path).
+            "timestamp"}``, or the training API's pixel payload ``{"data", "timestamp":
+            seconds, "image": HxW or HxWx3 nested lists of uint8}``: see
+            :mod:`buildflow.io.payloads`) or ``reference`` (the value is
+            ``gs://bucket/object`` or a local file path).
         partitions: Partitions ``plan`` creates the topic with.
         replication_factor: Replication factor ``plan`` creates the topic with.
         retention_ms: ``retention.ms`` of the topic, or None for the broker's default.
         max_message_bytes: Records larger than this are dead-lettered unread.
+        max_pixels: A pixel payload with more than this ``height * width`` is
+            dead-lettered before its pixels are read (default: Pillow's
+            ``MAX_IMAGE_PIXELS``, 89,478,485).
         reference_root: For ``reference`` records with local paths: the only folder they may
             point into (None: local references are refused).
         destroy_protection: ``destroy`` keeps the topic unless ``--force``.
-        consumer_config / producer_config: Extra librdkafka settings, e.g.
-            ``{"session.timeout.ms": "6000"}``.
+        assignment: ``group`` (default): the consumer group spreads the partitions over
+            every consumer of ``group_id`` (processes, Ray replicas) and moves them when one
+            joins or leaves. ``manual``: this consumer reads every partition of the topic
+            by explicit assignment (``Consumer.assign``), with no group join at all, from
+            the offsets committed for ``group_id``; no rebalances, so only one consumer
+            may read the topic this way (on Ray one source server reads it for all
+            replicas). Starts in well under a second instead of the group join.
+        consumer_config / producer_config: Extra librdkafka settings, over
+            :data:`buildflow.io.kafka.provider.CONSUMER_DEFAULTS` (consumer) e.g.
+            ``{"group.instance.id": "worker-1"}`` for static membership.
     """
 
     bootstrap_servers: str
@@ -92,8 +107,10 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
     replication_factor: int = 1
     retention_ms: int | None = None
     max_message_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
     reference_root: str | None = None
     destroy_protection: bool = False
+    assignment: Assignment = "group"
     consumer_config: tuple[tuple[str, str], ...] = ()
     producer_config: tuple[tuple[str, str], ...] = ()
 
@@ -109,6 +126,13 @@ class KafkaTopic(SourceDeclaration, SinkDeclaration):
                 f"KafkaTopic: payload_format {self.payload_format!r} is not one of "
                 "'raw', 'json', 'reference'."
             )
+        if self.assignment not in ("group", "manual"):
+            raise ConfigurationError(
+                f"KafkaTopic: assignment {self.assignment!r} is not one of 'group' (the consumer "
+                "group spreads partitions) or 'manual' (read every partition, no group join)."
+            )
+        if self.max_pixels < 1:
+            raise ConfigurationError(f"KafkaTopic: max_pixels={self.max_pixels!r} must be >= 1.")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigurationError("KafkaTopic: partitions and replication_factor must be >= 1.")
         for name in ("consumer_config", "producer_config"):

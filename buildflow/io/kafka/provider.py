@@ -13,8 +13,6 @@ The consumer is not thread-safe: every call to it runs on the source's one I/O t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import datetime
 import functools
@@ -37,6 +35,8 @@ from buildflow.io.base import (
 from buildflow.io.kafka.declarations import KafkaMessageEvent, KafkaTopic
 from buildflow.io.kafka.envelope import confluent_kafka_module as _ck
 from buildflow.io.kafka.envelope import encode_json_envelope as encode_json_envelope
+from buildflow.io.payloads import BytesBlob as BytesBlob
+from buildflow.io.payloads import PayloadError, decode_json_payload
 from buildflow.provisioning import Resource, ResourceState
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, to_json
@@ -45,13 +45,25 @@ __all__ = ["KafkaSourceProvider", "KafkaSinkProvider", "decode_record", "encode_
 
 log = logging.getLogger("buildflow.io.kafka")
 
-
-@dataclasses.dataclass(frozen=True)
-class BytesBlob(BlobReader):
-    data: bytes
-
-    def read(self) -> bytes:
-        return self.data
+#: librdkafka settings every buildflow consumer starts with (``KafkaTopic.consumer_config``
+#: overrides each), for a group join in seconds rather than tens of seconds:
+#:
+#: * ``session.timeout.ms`` 6000: the lowest a stock Kafka broker accepts (its
+#:   ``group.min.session.timeout.ms`` default), against librdkafka's 45000. Brokers that
+#:   hold a join for half the session timeout (tansu) then answer in 3 s instead of 22.5 s;
+#:   a failed consumer's partitions move on after 6 s. Heartbeats come from librdkafka's own
+#:   thread, so a long ``process`` does not end the session (``max.poll.interval.ms``
+#:   governs that, left at its 300000 default).
+#: * ``heartbeat.interval.ms`` 2000: a third of the session timeout, as Kafka advises
+#:   (https://kafka.apache.org/documentation/#consumerconfigs_heartbeat.interval.ms).
+#: * ``partition.assignment.strategy`` cooperative-sticky: incremental rebalances (KIP-429):
+#:   a consumer joining or leaving moves only the partitions that must move, the others
+#:   keep being read meanwhile.
+CONSUMER_DEFAULTS: dict[str, str] = {
+    "session.timeout.ms": "6000",
+    "heartbeat.interval.ms": "2000",
+    "partition.assignment.strategy": "cooperative-sticky",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +83,8 @@ class LocalFileBlob(BlobReader):
 
 def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
     """One consumed record -> envelope of a :class:`KafkaMessageEvent`, or one with
-    ``error`` set (bad JSON, bad base64, bad reference, over the size limit)."""
+    ``error`` set (bad JSON, bad base64, a bad pixel array, bad reference, over the size
+    limit). ``json`` records are decoded by :func:`buildflow.io.payloads.decode_json_payload`."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     event_id = f"{topic}/{partition}/{offset}"
     now = datetime.datetime.now(datetime.UTC)
@@ -92,14 +105,14 @@ def decode_record(msg: Any, decl: KafkaTopic, env: Any) -> Envelope[Any]:
             error = ValueError("empty record: no image bytes")
     elif decl.payload_format == "json":
         try:
-            doc = json.loads(value)
-            if not isinstance(doc, dict) or "image_data" not in doc:
-                raise ValueError("expected a JSON object with 'image_data'")
-            reader = BytesBlob(base64.b64decode(doc["image_data"], validate=True))
-            name = str(doc.get("image_id") or doc.get("path") or name)
-            label = doc.get("label") or label
-        except (ValueError, binascii.Error, TypeError) as e:
-            error = ValueError(f"bad JSON envelope: {e}")
+            payload = decode_json_payload(value, max_pixels=decl.max_pixels)
+        except PayloadError as e:
+            error = e
+        else:
+            reader = BytesBlob(payload.image)
+            name = payload.name or name
+            label = payload.label or label
+            when = payload.timestamp or when
     else:  # reference
         ref = value.decode("utf-8", "replace").strip()
         name = key or ref
@@ -205,6 +218,7 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         self.env = env
         self._io = BlockingWorker(f"kafka-{decl.topic}")
         self._config = {
+            **CONSUMER_DEFAULTS,
             "bootstrap.servers": decl.bootstrap_servers,
             "group.id": group_id,
             "enable.auto.commit": False,
@@ -217,18 +231,36 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         self._acked_max: dict[tuple[str, int], int] = {}
         self._last_empty = False
         self._assigned = False
+        self._owned: set[tuple[str, int]] = set()  # the partitions this consumer holds now
 
     def _assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # eager protocol: the whole assignment; cooperative: the partitions added
+        self._owned.update((tp.topic, tp.partition) for tp in partitions)
         self._assigned = True
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:  # their records go to the new owner, from the last commit
+            self._owned.discard((tp.topic, tp.partition))
             self._inflight.pop((tp.topic, tp.partition), None)
             self._acked_max.pop((tp.topic, tp.partition), None)
 
     def _open(self) -> None:
         ck = _ck()
         self._consumer = ck.Consumer(self._config, logger=log)
+        if self.decl.assignment == "manual":
+            md = self._consumer.list_topics(self.decl.topic, timeout=10)
+            topic = md.topics.get(self.decl.topic)
+            if topic is None or topic.error is not None or not topic.partitions:
+                raise ProvisioningError(
+                    f"kafka topic {self.decl.topic!r} on {self.decl.bootstrap_servers}: not found "
+                    f"({topic.error if topic is not None else 'no metadata'}); run `buildflow plan` first"
+                )
+            # OFFSET_INVALID (the default): from the group's committed offset, else
+            # auto.offset.reset
+            parts = [ck.TopicPartition(self.decl.topic, p) for p in sorted(topic.partitions)]
+            self._consumer.assign(parts)
+            self._assign(self._consumer, parts)
+            return
         self._consumer.subscribe(
             [self.decl.topic], on_assign=self._assign, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -257,6 +289,8 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         ck = _ck()
         out = []
         for tp in touched:
+            if tp not in self._owned:
+                continue  # revoked meanwhile: its new owner re-reads from the last commit
             pending = self._inflight.get(tp)
             acked = self._acked_max.get(tp)
             if acked is None:
@@ -309,8 +343,12 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
 
 
 class KafkaSourceProvider(SourceProvider):
-    shared_consumers = True
     declaration: KafkaTopic
+
+    def __init__(self, declaration: KafkaTopic, environment: Any) -> None:
+        super().__init__(declaration, environment)
+        # a consumer group spreads the partitions; explicit assignment reads them all
+        self.shared_consumers = declaration.assignment == "group"
 
     def group_id(self, consumer: str) -> str:
         return self.declaration.group_id or f"buildflow-{consumer}"
