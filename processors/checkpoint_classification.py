@@ -86,7 +86,7 @@ class CheckpointClassificationProcessor(buildflow.Processor):
         return self._source
 
     def sink(self) -> BigQueryTable:
-        return BigQueryTable(table_id=self.table_id, destroy_protection=False)
+        return BigQueryTable(table_id=self.table_id)
 
     def setup(self) -> None:
         from models import DEFAULT_MAX_PIXELS, load_model

@@ -130,10 +130,10 @@ class ImageClassificationProcessor(buildflow.Processor):
     def source(self) -> SourceDeclaration:
         if self._source is not None:
             return self._source
-        return GCSFileStream(project_id=self.project_id, bucket_name=self.bucket_name, force_destroy=True)
+        return GCSFileStream(project_id=self.project_id, bucket_name=self.bucket_name)
 
     def sink(self) -> BigQueryTable:
-        return BigQueryTable(table_id=self.table_id, destroy_protection=False)
+        return BigQueryTable(table_id=self.table_id)
 
     def setup(self) -> None:
         from models import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_model

@@ -125,6 +125,7 @@ _ACTION_STYLE = {
     "delete": "red",
     "absent": "dim",
     "protected": "bold yellow",
+    "kept": "cyan",
 }
 
 

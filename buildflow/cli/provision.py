@@ -73,11 +73,17 @@ def destroy_cmd(
     state_dir: StateOpt = None,
     yes: YesOpt = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Also delete protected tables and non-empty buckets.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Also delete protected tables and non-empty buckets that this app created "
+            "(never a resource it did not create).",
+        ),
     ] = False,
     log_level: LogOpt = "info",
 ) -> None:
-    """Delete what the app manages. Refuses protected resources unless --force."""
+    """Delete what the app created. Refuses protected resources unless --force; keeps (and
+    lists, with the reason) what it did not create or what other apps still use."""
     configure_logging(log_level)
     try:
         node = load_app(app)
@@ -87,6 +93,9 @@ def destroy_cmd(
         if any(c.action == "protected" for c in changes):
             destroy(changes)  # raises DestroyProtectedError with the fix
         todo = [c for c in changes if c.action == "delete"]
+        kept = [c for c in changes if c.action == "kept"]
+        if kept:
+            out.print(f"Keeping {len(kept)} resource(s) this app did not create or others still use.")
         if not todo:
             out.print("Nothing to destroy.")
             return

@@ -20,9 +20,14 @@ from typing import Any
 from buildflow.environment import Environment
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.blobs import GCSBlobReader
-from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
+from buildflow.io.google.clients import (
+    cloud_error_line,
+    project_number,
+    pubsub_publisher,
+    pubsub_subscriber,
+)
 from buildflow.io.google.declarations import PubSubSubscription
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import Resource, ResourceState, label_keep_reasons
 from buildflow.runtime.threads import BlockingWorker
 
 __all__ = [
@@ -32,6 +37,8 @@ __all__ = [
     "PubSubSubscriptionResource",
     "PubSubPullSource",
     "Decoded",
+    "topic_keep_reasons",
+    "pubsub_service_agent",
 ]
 
 log = logging.getLogger("buildflow.io.pubsub")
@@ -46,14 +53,40 @@ def _not_found(e: BaseException) -> bool:
     return type(e).__name__ == "NotFound"
 
 
+def topic_keep_reasons(
+    env: Environment, topic: str, app: str | None, deleting: frozenset[tuple[str, str]], what: str = "topic"
+) -> list[str]:
+    """Why ``destroy`` keeps ``topic`` (or something that feeds it): not created by this
+    app (labels), or subscriptions outside this destroy still read it."""
+    try:
+        found = pubsub_publisher(env).get_topic(request={"topic": topic})
+    except Exception as e:
+        if _not_found(e):
+            return []
+        raise cloud_error_line(f"topic {topic}", e) from e
+    reasons = label_keep_reasons(dict(found.labels), app)
+    if reasons:
+        return [f"{what} {topic}: {r}" if what != "topic" else r for r in reasons]
+    subs = list(pubsub_publisher(env).list_topic_subscriptions(request={"topic": topic}))
+    others = sorted(str(x) for x in subs if ("subscription", str(x)) not in deleting)
+    if others:
+        return [f"{what} still feeds {len(others)} other subscription(s): {', '.join(others[:3])}"]
+    return []
+
+
 class PubSubTopicResource(Resource):
-    """A Pub/Sub topic (``projects/<p>/topics/<t>``)."""
+    """A Pub/Sub topic (``projects/<p>/topics/<t>``), created with the app's labels.
+
+    ``destroy`` deletes it only when this app created it and no subscription outside the
+    destroy reads it; a ``referenced`` topic (one a :class:`PubSubSubscription` names,
+    possibly another project's) is never deleted."""
 
     kind = "topic"
 
-    def __init__(self, env: Environment, path: str) -> None:
+    def __init__(self, env: Environment, path: str, *, referenced: bool = False) -> None:
         self.env = env
         self.name = path
+        self.referenced = referenced
 
     def inspect(self) -> ResourceState:
         try:
@@ -66,9 +99,14 @@ class PubSubTopicResource(Resource):
 
     def create(self) -> None:
         try:
-            pubsub_publisher(self.env).create_topic(request={"name": self.name})
+            pubsub_publisher(self.env).create_topic(request={"name": self.name, "labels": self.labels()})
         except Exception as e:
             raise cloud_error_line(f"topic {self.name}: create", e) from e
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        if self.referenced:
+            return ["named by a PubSubSubscription: buildflow never deletes a topic it subscribes to"]
+        return topic_keep_reasons(self.env, self.name, self.app, deleting)
 
     def delete(self) -> None:
         try:
@@ -78,17 +116,66 @@ class PubSubTopicResource(Resource):
                 raise cloud_error_line(f"topic {self.name}: delete", e) from e
 
 
+def pubsub_service_agent(project_number: str) -> str:
+    """The Pub/Sub service agent of a project, which forwards dead letters:
+    ``service-<number>@gcp-sa-pubsub.iam.gserviceaccount.com``
+    (https://cloud.google.com/pubsub/docs/handling-failures#grant_forwarding_permissions)."""
+    return f"serviceAccount:service-{project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+
 class PubSubSubscriptionResource(Resource):
-    """A pull subscription with its ack deadline; a different topic is a conflict, a
-    different ack deadline an in-place update."""
+    """A pull subscription: the app's labels, the ack deadline, never expiring
+    (``expiration_policy`` with no ``ttl``; the default deletes a subscription idle for 31
+    days, https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#expirationpolicy),
+    and optionally a dead-letter topic after ``max_delivery_attempts`` (5-100). A different
+    topic is a conflict; a different ack deadline or dead-letter policy an in-place update.
+
+    In ``gcp``, with a dead-letter topic, ``create`` also grants the project's Pub/Sub
+    service agent ``roles/pubsub.publisher`` on that topic and ``roles/pubsub.subscriber``
+    on the subscription (https://cloud.google.com/pubsub/docs/handling-failures); the
+    project number comes from ``project_number`` (a callable, called only then)."""
 
     kind = "subscription"
 
-    def __init__(self, env: Environment, path: str, topic: str, ack_deadline_secs: int) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        path: str,
+        topic: str,
+        ack_deadline_secs: int,
+        *,
+        dead_letter_topic: str | None = None,
+        max_delivery_attempts: int = 5,
+        project_number: Callable[[], str] | None = None,
+    ) -> None:
         self.env = env
         self.name = path
         self.topic = topic
         self.ack_deadline_secs = ack_deadline_secs
+        self.dead_letter_topic = dead_letter_topic
+        self.max_delivery_attempts = max_delivery_attempts
+        self.project_number = project_number
+
+    def _dead_letter_policy(self) -> dict[str, Any] | None:
+        if self.dead_letter_topic is None:
+            return None
+        return {
+            "dead_letter_topic": self.dead_letter_topic,
+            "max_delivery_attempts": self.max_delivery_attempts,
+        }
+
+    def request(self) -> dict[str, Any]:
+        """The ``CreateSubscription`` request ``create`` sends."""
+        req: dict[str, Any] = {
+            "name": self.name,
+            "topic": self.topic,
+            "ack_deadline_seconds": self.ack_deadline_secs,
+            "labels": self.labels(),
+            "expiration_policy": {},  # no ttl: never expires
+        }
+        if (policy := self._dead_letter_policy()) is not None:
+            req["dead_letter_policy"] = policy
+        return req
 
     def inspect(self) -> ResourceState:
         try:
@@ -102,30 +189,67 @@ class PubSubSubscriptionResource(Resource):
             conflicts.append(f"subscribed to {sub.topic}, declared {self.topic}")
         if sub.ack_deadline_seconds != self.ack_deadline_secs:
             updates.append(f"ack deadline {sub.ack_deadline_seconds} s -> {self.ack_deadline_secs} s")
+        have_dl = (
+            sub.dead_letter_policy.dead_letter_topic or None,
+            sub.dead_letter_policy.max_delivery_attempts,
+        )
+        want = self._dead_letter_policy()
+        want_dl = (want["dead_letter_topic"], want["max_delivery_attempts"]) if want else (None, 0)
+        if have_dl[0] != want_dl[0] or (want and have_dl[1] != want_dl[1]):
+            updates.append(
+                f"dead-letter policy {have_dl[0]} after {have_dl[1]} -> {want_dl[0]} after {want_dl[1]}"
+            )
+        if sub.expiration_policy.ttl.seconds:
+            updates.append(f"expires after {sub.expiration_policy.ttl.seconds // 86400} idle days -> never")
         return ResourceState(True, updates=tuple(updates), conflicts=tuple(conflicts))
 
     def create(self) -> None:
         try:
-            pubsub_subscriber(self.env).create_subscription(
-                request={
-                    "name": self.name,
-                    "topic": self.topic,
-                    "ack_deadline_seconds": self.ack_deadline_secs,
-                }
-            )
+            pubsub_subscriber(self.env).create_subscription(request=self.request())
         except Exception as e:
             raise cloud_error_line(f"subscription {self.name}: create", e) from e
+        self._grant_dead_letter_forwarding()
+
+    def _grant_dead_letter_forwarding(self) -> None:
+        if self.dead_letter_topic is None or self.env.name != "gcp" or self.project_number is None:
+            return  # the emulator has no IAM
+        from buildflow.io.google.gcs import add_binding
+
+        agent = pubsub_service_agent(self.project_number())
+        for client, resource, role in (
+            (pubsub_publisher(self.env), self.dead_letter_topic, "roles/pubsub.publisher"),
+            (pubsub_subscriber(self.env), self.name, "roles/pubsub.subscriber"),
+        ):
+            try:
+                policy = client.get_iam_policy(request={"resource": resource})
+                if add_binding(policy, role, agent):
+                    client.set_iam_policy(request={"resource": resource, "policy": policy})
+            except Exception as e:
+                raise cloud_error_line(f"subscription {self.name}: grant {role} on {resource}", e) from e
 
     def update(self, state: ResourceState) -> None:
+        sub: dict[str, Any] = {
+            "name": self.name,
+            "ack_deadline_seconds": self.ack_deadline_secs,
+            "expiration_policy": {},
+            "dead_letter_policy": self._dead_letter_policy() or {},
+        }
         try:
             pubsub_subscriber(self.env).update_subscription(
                 request={
-                    "subscription": {"name": self.name, "ack_deadline_seconds": self.ack_deadline_secs},
-                    "update_mask": {"paths": ["ack_deadline_seconds"]},
+                    "subscription": sub,
+                    "update_mask": {
+                        "paths": ["ack_deadline_seconds", "expiration_policy", "dead_letter_policy"]
+                    },
                 }
             )
         except Exception as e:
             raise cloud_error_line(f"subscription {self.name}: update", e) from e
+        self._grant_dead_letter_forwarding()
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        sub = pubsub_subscriber(self.env).get_subscription(request={"subscription": self.name})
+        return label_keep_reasons(dict(sub.labels), self.app)
 
     def delete(self) -> None:
         try:
@@ -342,12 +466,21 @@ class PubSubSubscriptionProvider(SourceProvider):
 
     def resources(self, consumer: str) -> list[Resource]:
         d = self.declaration
-        return [
-            PubSubTopicResource(self.environment, d.topic_path),
+        out: list[Resource] = [PubSubTopicResource(self.environment, d.topic_path, referenced=True)]
+        if d.dead_letter_topic_path is not None:
+            out.append(PubSubTopicResource(self.environment, d.dead_letter_topic_path))
+        out.append(
             PubSubSubscriptionResource(
-                self.environment, d.subscription_path, d.topic_path, d.ack_deadline_secs
-            ),
-        ]
+                self.environment,
+                d.subscription_path,
+                d.topic_path,
+                d.ack_deadline_secs,
+                dead_letter_topic=d.dead_letter_topic_path,
+                max_delivery_attempts=d.max_delivery_attempts,
+                project_number=lambda: project_number(self.environment, d.project_id),
+            )
+        )
+        return out
 
     def open(self, consumer: str) -> SourceRuntime[Any]:
         d, env = self.declaration, self.environment
