@@ -338,7 +338,8 @@ class BigQueryDatasetResource(Resource):
 
         dataset = bigquery.Dataset(self.name)
         dataset.labels = self.labels()
-        dataset.location = self.location
+        if self.location:
+            dataset.location = self.location
         try:
             bigquery_client(self.env, self.project).create_dataset(dataset, exists_ok=True)
         except Exception as e:
