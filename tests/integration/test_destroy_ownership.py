@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from models.samples import sample_photos
-
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +48,13 @@ app.add(Sizes())
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, input="")
+    proc = subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, input=""
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"buildflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"buildflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -155,7 +157,8 @@ def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
     from google.cloud import pubsub_v1
 
     subs = [
-        s.name for s in pubsub_v1.SubscriberClient().list_subscriptions(request={"project": f"projects/{PROJECT}"})
+        s.name
+        for s in pubsub_v1.SubscriberClient().list_subscriptions(request={"project": f"projects/{PROJECT}"})
     ]
     assert not [s for s in subs if name in s]
     assert f"ownership_{env['SUFFIX']}" not in [d.dataset_id for d in _bq().list_datasets()]

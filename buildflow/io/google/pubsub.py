@@ -199,8 +199,9 @@ class PubSubSubscriptionResource(Resource):
             updates.append(
                 f"dead-letter policy {have_dl[0]} after {have_dl[1]} -> {want_dl[0]} after {want_dl[1]}"
             )
-        if sub.expiration_policy.ttl.seconds:
-            updates.append(f"expires after {sub.expiration_policy.ttl.seconds // 86400} idle days -> never")
+        ttl_s = sub._pb.expiration_policy.ttl.seconds  # proto-plus maps ttl to a timedelta
+        if ttl_s:
+            updates.append(f"expires after {ttl_s / 86400:g} idle days -> never")
         return ResourceState(True, updates=tuple(updates), conflicts=tuple(conflicts))
 
     def create(self) -> None:
@@ -228,20 +229,20 @@ class PubSubSubscriptionResource(Resource):
                 raise cloud_error_line(f"subscription {self.name}: grant {role} on {resource}", e) from e
 
     def update(self, state: ResourceState) -> None:
-        sub: dict[str, Any] = {
-            "name": self.name,
-            "ack_deadline_seconds": self.ack_deadline_secs,
-            "expiration_policy": {},
-            "dead_letter_policy": self._dead_letter_policy() or {},
-        }
+        """Change in place what differs (only those fields, in the update mask)."""
+        sub: dict[str, Any] = {"name": self.name}
+        paths = []
+        for prefix, field, value in (
+            ("ack deadline", "ack_deadline_seconds", self.ack_deadline_secs),
+            ("expires", "expiration_policy", {}),
+            ("dead-letter", "dead_letter_policy", self._dead_letter_policy() or {}),
+        ):
+            if any(u.startswith(prefix) for u in state.updates):
+                sub[field] = value
+                paths.append(field)
         try:
             pubsub_subscriber(self.env).update_subscription(
-                request={
-                    "subscription": sub,
-                    "update_mask": {
-                        "paths": ["ack_deadline_seconds", "expiration_policy", "dead_letter_policy"]
-                    },
-                }
+                request={"subscription": sub, "update_mask": {"paths": paths}}
             )
         except Exception as e:
             raise cloud_error_line(f"subscription {self.name}: update", e) from e
