@@ -83,3 +83,9 @@ class TransientSinkError(BuildflowError):
 class RowRejectedError(BuildflowError):
     """A sink refused a row for good (e.g. a BigQuery ``insertErrors`` entry); the event is
     dead-lettered with the sink's reason."""
+
+
+class ObjectOverwrittenError(BuildflowError, FileNotFoundError):
+    """The object generation an upload event names was overwritten (or deleted) before the
+    event was processed: a newer generation raised its own event, so the runtime skips this
+    one with a log line instead of dead-lettering it."""

@@ -177,3 +177,34 @@ def test_emulator_destroy_force_deletes_a_bucket_plan_created(
     assert refused.returncode == 1 and "force_destroy" in refused.stdout + refused.stderr
     cli("destroy", "small_app:app", "--yes", "--force", env=env, cwd=cwd)
     assert _gcs().lookup_bucket(env["BUCKET_NAME"]) is None
+
+
+@pytest.mark.slow
+def test_emulator_an_object_overwritten_before_processing_is_skipped_not_dead_lettered(
+    stack_env: Any, small_app: tuple[Path, dict[str, str]]
+) -> None:
+    from buildflow.environment import Environment
+    from buildflow.errors import ObjectOverwrittenError
+    from buildflow.io.google.blobs import GCSBlobReader
+
+    cwd, env = small_app
+    env = {**env, **stack_env.env, "BUILDFLOW_ENV": "emulator"}
+    cli("plan", "small_app:app", "--yes", env=env, cwd=cwd)
+    blob = _gcs().bucket(env["BUCKET_NAME"]).blob("x.jpg")
+    blob.upload_from_string(b"first")
+    first = _gcs().bucket(env["BUCKET_NAME"]).get_blob("x.jpg").generation
+    blob.upload_from_string(b"second, longer")
+    reader = GCSBlobReader(Environment("emulator", cwd), PROJECT, env["BUCKET_NAME"], "x.jpg", first)
+    with pytest.raises(ObjectOverwrittenError, match="overwritten by generation"):
+        reader.read()
+
+    summary = cwd / "summary.json"
+    ran = cli("run", "small_app:app", "--until-idle", "--summary-json", str(summary), env=env, cwd=cwd)
+    assert "skipped x.jpg" in ran.stderr.replace("\n", " ")
+    got = json.loads(summary.read_text())
+    assert (got["rows"], got["dead_letters"]) == (1, 0)
+    table = f"{PROJECT}.ownership_{env['SUFFIX']}.sizes"
+    assert [(r["name"], r["size"]) for r in _bq().query(f"SELECT name, size FROM `{table}`").result()] == [
+        ("x.jpg", len(b"second, longer"))
+    ]
+    cli("destroy", "small_app:app", "--yes", "--force", env=env, cwd=cwd)
