@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from buildflow.cli import backfill as backfill
 from buildflow.cli import data as data
+from buildflow.cli import doctor as doctor
 from buildflow.cli import provision as provision
 from buildflow.cli import query as query
 from buildflow.cli import run as run

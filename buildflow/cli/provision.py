@@ -22,6 +22,7 @@ from buildflow.cli._common import (
     out,
     print_changes,
 )
+from buildflow.cli.doctor import preflight
 from buildflow.errors import BuildflowError
 from buildflow.provisioning import apply, destroy, plan, plan_destroy
 
@@ -40,6 +41,7 @@ def plan_cmd(
     try:
         node = load_app(app)
         environment = node.environment(env, state_dir)
+        preflight(node, environment, "plan")  # gcp: credentials, APIs, billing, permissions
         changes = plan(node.resources(environment))
         print_changes(f"plan for {node.name!r} in {environment.name!r} ({environment.state_dir})", changes)
         conflicts = [c for c in changes if c.action == "conflict"]

@@ -238,6 +238,9 @@ def run_cmd(
         node = load_app(app)
         environment = node.environment(env, state_dir)
         bound = node.bind(environment)
+        from buildflow.cli.doctor import preflight
+
+        preflight(node, environment, "run")  # gcp: credentials, APIs, billing, permissions
     except BuildflowError as e:
         raise fail(e) from e
     runtime: Runtime
