@@ -39,9 +39,9 @@ from buildflow.io.google.clients import (
 from buildflow.io.google.declarations import GCSFileStream
 from buildflow.io.google.pubsub import (
     Decoded,
-    PubSubPullSource,
     PubSubSubscriptionResource,
     PubSubTopicResource,
+    open_pull_source,
     topic_keep_reasons,
 )
 from buildflow.provisioning import CreatedLedger, Resource, ResourceState, label_keep_reasons
@@ -456,7 +456,7 @@ class GCSFileStreamProvider(SourceProvider):
 
     def open(self, consumer: str) -> SourceRuntime[Any]:
         decl, env, project = self.declaration, self.environment, self.project
-        return PubSubPullSource(
+        return open_pull_source(
             env,
             self.subscription_path(consumer),
             decl.ack_deadline_secs,

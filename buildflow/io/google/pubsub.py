@@ -1,18 +1,35 @@
-"""Pub/Sub: topics and subscriptions as resources, and a pull source with lease extension.
+"""Pub/Sub: topics and subscriptions as resources, and two sources.
 
-The source uses synchronous Pull (fast on both the service and its emulator; streaming
-pull delivers only ~95 messages/s per stream on the emulator). Messages stay in flight
-until the runtime acks them after the sink write; while in flight, their ack deadline is
-extended every third of it, so a slow micro-batch is never redelivered while it is still
-being processed. Nack sets the deadline to 0 (immediate redelivery).
+* ``gcp``: :class:`PubSubStreamingSource`, the official client's streaming pull
+  (``SubscriberClient.subscribe``), which Google recommends for most subscribers
+  (https://cloud.google.com/pubsub/docs/pull#streamingpull_api). The library extends the
+  leases of outstanding messages and batches acks; ``FlowControl`` caps the outstanding
+  messages at what the runtime can hold in flight. A unary ``Pull`` that the client
+  abandons after the server handed out messages leaves them invisible until their ack
+  deadline (googleapis/google-cloud-python#8087), which streaming pull avoids.
+* ``emulator``: :class:`PubSubPullSource`, unary ``Pull`` with a 60 s deadline (longer
+  than any server hold of an empty pull; the emulator answers an empty pull at once), since
+  the emulator's streaming pull delivers only ~95 messages/s per stream. It extends the
+  ack deadline of in-flight messages every third of it.
+
+Both ack only after the runtime's sink write; nack gives a message back at once
+(``modifyAckDeadline 0``).
+
+``--until-idle``: the run stops when a pull waited its time and got nothing while
+nothing was in flight. Messages leased by a run that crashed are invisible until their
+ack deadline passes (``ack_deadline_secs``; the crashed process no longer extends it), so
+an ``--until-idle`` run started right after a crash can stop before they come back: wait
+``ack_deadline_secs`` first, or run again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +53,8 @@ __all__ = [
     "PubSubTopicResource",
     "PubSubSubscriptionResource",
     "PubSubPullSource",
+    "PubSubStreamingSource",
+    "open_pull_source",
     "Decoded",
     "topic_keep_reasons",
     "pubsub_service_agent",
@@ -47,6 +66,17 @@ log = logging.getLogger("buildflow.io.pubsub")
 Decoded = Envelope[Any] | None
 
 _ACK_CHUNK = 1000  # ack ids per acknowledge/modifyAckDeadline request (API limit 2500)
+
+#: Deadline of a unary Pull (s): longer than a server holds an empty pull, so the client
+#: never abandons a pull the server already answered with messages
+#: (googleapis/python-pubsub#1414: a 1 s timeout delayed messages; the default is 60 s).
+PULL_DEADLINE_S = 60.0
+
+#: Batches a runtime holds between pull and ack: ``max_inflight_batches`` (2) in its pull
+#: queue and (2) in its write queue, one being processed and one being formed
+#: (:class:`buildflow.runtime.base.RunOptions`). Streaming pull's ``FlowControl`` admits
+#: this many batches' worth of messages.
+BATCHES_IN_FLIGHT = 6
 
 
 def _not_found(e: BaseException) -> bool:
@@ -316,8 +346,7 @@ class PubSubPullSource(SourceRuntime[Any]):
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
         t0 = time.monotonic()
-        wait = min(max(timeout_s, 0.1), 2.0)
-        deliver, skip = await self._io.run(lambda: self._pull_sync(max_events, wait))
+        deliver, skip = await self._io.run(lambda: self._pull_sync(max_events, PULL_DEADLINE_S))
         if skip:
             await self._ack_ids(skip)
         now = time.monotonic()
@@ -400,6 +429,111 @@ class PubSubPullSource(SourceRuntime[Any]):
         self._lease_io.stop()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Received:
+    """A streaming-pull ``Message`` in the shape of a unary ``ReceivedMessage`` (what the
+    decoders read: ``message.{message_id,data,attributes,publish_time}``, ``ack_id``,
+    ``delivery_attempt``)."""
+
+    message: Any
+    ack_id: str
+    delivery_attempt: int
+
+
+class PubSubStreamingSource(SourceRuntime[Any]):
+    """Streaming pull through ``SubscriberClient.subscribe``; ``decode`` as for
+    :class:`PubSubPullSource` (it runs on the library's callback threads).
+
+    The stream starts at the first ``pull`` with ``FlowControl(max_messages=max_events *
+    BATCHES_IN_FLIGHT)``: at most that many messages are leased at once, and the library
+    extends their leases until ack or nack (up to its ``max_lease_duration``, 1 hour by
+    default). ``close`` stops the stream and nacks what was received but not handed out.
+    """
+
+    def __init__(self, env: Environment, subscription: str, decode: Callable[[Any], Decoded]) -> None:
+        self.env = env
+        self.subscription = subscription
+        self.decode = decode
+        self._queue: asyncio.Queue[Envelope[Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: Any = None
+        self._messages: dict[str, Any] = {}  # ack_id -> Message, handed out and not yet acked
+        self._lock = threading.Lock()
+        self._last_pull_empty = False
+
+    def _callback(self, message: Any) -> None:
+        received = _Received(message, message.ack_id, message.delivery_attempt or 0)
+        try:
+            env = self.decode(received)
+        except Exception as e:  # a decoder bug must not stop the stream
+            env = _undecodable(received, e)
+        if env is None:
+            message.ack()
+            return
+        with self._lock:
+            self._messages[message.ack_id] = message
+        assert self._loop is not None and self._queue is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, env)
+
+    def _start(self, max_events: int) -> None:
+        from google.cloud import pubsub_v1
+
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        flow = pubsub_v1.types.FlowControl(max_messages=max(1, max_events) * BATCHES_IN_FLIGHT)
+        self._future = pubsub_subscriber(self.env).subscribe(
+            self.subscription, callback=self._callback, flow_control=flow
+        )
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        if self._future is None:
+            self._start(max_events)
+        assert self._queue is not None
+        if self._future.done():  # the stream ended with an error: surface it
+            self._future.result()
+        out: list[Envelope[Any]] = []
+        try:
+            out.append(await asyncio.wait_for(self._queue.get(), max(timeout_s, 0.001)))
+        except TimeoutError:
+            self._last_pull_empty = True
+            return []
+        while len(out) < max_events and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        self._last_pull_empty = False
+        return out
+
+    def _take(self, envelopes: Sequence[Envelope[Any]]) -> list[Any]:
+        with self._lock:
+            return [m for m in (self._messages.pop(e.ack_id, None) for e in envelopes) if m is not None]
+
+    async def ack(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        for m in self._take(envelopes):
+            m.ack()
+
+    async def nack(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        for m in self._take(envelopes):
+            m.nack()
+
+    async def backlog(self) -> int | None:
+        return None
+
+    async def is_drained(self) -> bool:
+        with self._lock:
+            idle = not self._messages
+        return self._last_pull_empty and idle and (self._queue is None or self._queue.empty())
+
+    async def close(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._future.result, 30)
+        with self._lock:
+            leftover = list(self._messages.values())
+            self._messages.clear()
+        for m in leftover:  # received but never acked: back at once, not after the deadline
+            m.nack()
+
+
 def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
     m = received.message
     return Envelope(
@@ -411,6 +545,15 @@ def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
         object_name=f"message {m.message_id}",
         error=error,
     )
+
+
+def open_pull_source(
+    env: Environment, subscription: str, ack_deadline_secs: int, decode: Callable[[Any], Decoded]
+) -> SourceRuntime[Any]:
+    """Streaming pull in ``gcp``, unary pull in ``emulator`` (see the module docstring)."""
+    if env.name == "gcp":
+        return PubSubStreamingSource(env, subscription, decode)
+    return PubSubPullSource(env, subscription, ack_deadline_secs, decode)
 
 
 def decode_message(received: Any, decl: PubSubSubscription, env: Environment) -> Decoded:
@@ -485,7 +628,7 @@ class PubSubSubscriptionProvider(SourceProvider):
 
     def open(self, consumer: str) -> SourceRuntime[Any]:
         d, env = self.declaration, self.environment
-        return PubSubPullSource(
+        return open_pull_source(
             env, d.subscription_path, d.ack_deadline_secs, lambda received: decode_message(received, d, env)
         )
 
