@@ -179,4 +179,4 @@ def _one_location(app: str, resources: list[Resource]) -> None:
         (location,) = declared
         for r in located:
             if not getattr(r, "location", None):
-                r.location = location  # type: ignore[attr-defined]
+                r.location = location

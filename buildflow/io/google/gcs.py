@@ -428,7 +428,7 @@ class GCSFileStreamProvider(SourceProvider):
         client = storage_client(self.environment, self.project)
         topic = self.topic_path()
         publisher = pubsub_publisher(self.environment)
-        futures = []
+        futures: list[Any] = []
         try:
             for blob in client.list_blobs(decl.bucket_name, prefix=decl.prefix or None):
                 if decl.content_types and not (blob.content_type or "").startswith(tuple(decl.content_types)):

@@ -74,8 +74,8 @@ REQUIRED_APIS: tuple[str, ...] = (
 
 #: Permission -> the predefined role to grant on the project, for whoever runs ``plan``
 #: (https://cloud.google.com/iam/docs/understanding-roles). ``pubsub.topics.setIamPolicy``:
-#: plan grants the Cloud Storage service agent publisher on the notification topic (not in
-#: ``roles/pubsub.editor``); ``resourcemanager.projects.get``: reading that agent's address
+#: plan grants the Cloud Storage service agent publisher on the notification topic;
+#: ``resourcemanager.projects.get`` (in ``roles/browser``): reading that agent's address
 #: (https://cloud.google.com/storage/docs/getting-service-agent).
 PLAN_PERMISSIONS: Mapping[str, str] = {
     "storage.buckets.create": "roles/storage.admin",
@@ -275,7 +275,7 @@ def run_checks(
     if session is None:
         from google.auth.transport.requests import AuthorizedSession
 
-        session = AuthorizedSession(credentials)
+        session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
     for p in projects:
         checks.append(check_apis(session, p))
         checks.append(check_billing(session, p))

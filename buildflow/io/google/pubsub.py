@@ -476,8 +476,9 @@ class PubSubStreamingSource(SourceRuntime[Any]):
         self._loop.call_soon_threadsafe(self._queue.put_nowait, env)
 
     def _start(self, max_events: int) -> None:
-        from google.cloud import pubsub_v1
+        import importlib
 
+        pubsub_v1 = importlib.import_module("google.cloud.pubsub_v1")
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         flow = pubsub_v1.types.FlowControl(max_messages=max(1, max_events) * BATCHES_IN_FLIGHT)
