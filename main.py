@@ -4,8 +4,9 @@
     buildflow run main:app       # classify every upload until Ctrl-C
     buildflow destroy main:app   # remove them
 
-Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``),
-``BUCKET_NAME`` (default ``buildflow-images``), ``MODEL_NAME`` (default
+Settings (environment variables): ``GCP_PROJECT`` (default ``buildflow-local``; in
+``gcp`` set it to your project), ``BUCKET_NAME`` (default ``buildflow-images``),
+``BQ_DATASET`` (default ``image_classification``), ``MODEL_NAME`` (default
 ``efficientnet_lite0``), ``MODEL_WEIGHTS`` (state-dict file, for torchvision models),
 ``DECODE_THREADS`` (default: torch's thread count, the cores), ``INFERENCE_THREADS`` and
 ``INFERENCE_STREAMS`` (ONNX Runtime: threads per stream and streams a micro-batch is split
@@ -19,13 +20,14 @@ from processors import ImageClassificationProcessor
 
 GCP_PROJECT = os.environ.get("GCP_PROJECT", "buildflow-local")
 BUCKET_NAME = os.environ.get("BUCKET_NAME", "buildflow-images")
+BQ_DATASET = os.environ.get("BQ_DATASET", "image_classification")
 
 app = Node()
 app.add(
     ImageClassificationProcessor(
         project_id=GCP_PROJECT,
         bucket_name=BUCKET_NAME,
-        table_id=f"{GCP_PROJECT}.image_classification.predictions",
+        table_id=f"{GCP_PROJECT}.{BQ_DATASET}.predictions",
         model_name=os.environ.get("MODEL_NAME", "efficientnet_lite0"),
         weights_path=os.environ.get("MODEL_WEIGHTS"),
         decode_threads=int(os.environ["DECODE_THREADS"]) if "DECODE_THREADS" in os.environ else None,

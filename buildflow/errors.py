@@ -27,6 +27,7 @@ __all__ = [
     "EnvironmentMismatchError",
     "ServiceUnreachableError",
     "ResourceGoneError",
+    "ObjectOverwrittenError",
 ]
 
 
@@ -116,3 +117,9 @@ class ResourceGoneError(ResourceMissingError, TransientSinkError):
     table, a bucket folder: typically by ``buildflow destroy``). A sink write that raises it
     is retried for a short grace (a table may be reported missing for a moment after it is
     created), then the run stops with this one line; nothing unwritten is acked."""
+
+
+class ObjectOverwrittenError(BuildflowError, FileNotFoundError):
+    """The object generation an upload event names was overwritten (or deleted) before the
+    event was processed: a newer generation raised its own event, so the runtime skips this
+    one with a log line instead of dead-lettering it."""

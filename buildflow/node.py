@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from buildflow.environment import Environment
-from buildflow.errors import ProcessorDefinitionError
+from buildflow.errors import ConfigurationError, ProcessorDefinitionError
 from buildflow.io.base import SinkDeclaration, SourceDeclaration
 from buildflow.io.registry import sink_provider, source_provider
 from buildflow.processor import FunctionProcessor, Processor, inspect_processor
@@ -142,8 +142,13 @@ class Node:
             p.check()
 
     def resources(self, env: Environment) -> list[Resource]:
-        """Everything ``plan`` manages for this app in ``env``."""
-        return unique(r for b in self.bind(env) for r in b.resources())
+        """Everything ``plan`` manages for this app in ``env``, each tagged with the app's
+        name (``Resource.app``: what ``plan`` labels it with, and what ``destroy`` checks)."""
+        resources = unique(r for b in self.bind(env) for r in b.resources())
+        for r in resources:
+            r.app = self.name
+        _one_location(self.name, resources)
+        return resources
 
     def run(
         self,
@@ -163,3 +168,26 @@ class Node:
         opts = options or RunOptions(until_idle=until_idle, max_events=max_events)
         self.check()
         return InProcessRuntime().run(self.bind(self.environment(env, state_dir)), opts)
+
+
+def _one_location(app: str, resources: list[Resource]) -> None:
+    """One location per app: the declared ``location`` of its buckets and datasets must
+    agree (data and compute in one place: no cross-region egress); those that declare none
+    take it.
+
+    Raises:
+        ConfigurationError: two different locations are declared.
+    """
+    located = [r for r in resources if hasattr(r, "location")]
+    declared = {str(r.location).upper(): r for r in located if getattr(r, "location", None)}
+    if len(declared) > 1:
+        listed = ", ".join(f"{r.kind} {r.name}: {loc!r}" for loc, r in sorted(declared.items()))
+        raise ConfigurationError(
+            f"app {app!r} declares more than one location ({listed}); declare one location "
+            "for all its buckets and datasets (location=...), so data and processing stay in one place."
+        )
+    if declared:
+        (location,) = declared
+        for r in located:
+            if not getattr(r, "location", None):
+                r.location = location

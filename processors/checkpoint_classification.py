@@ -92,7 +92,7 @@ class CheckpointClassificationProcessor(buildflow.Processor):
         return self._source
 
     def sink(self) -> BigQueryTable:
-        return BigQueryTable(table_id=self.table_id, destroy_protection=False)
+        return BigQueryTable(table_id=self.table_id)
 
     def check(self) -> None:
         """A local checkpoint must exist (``gs://`` ones are read by ``setup()``).

@@ -40,10 +40,10 @@ class ImageClassificationProcessor(buildflow.Processor):
         self.classifier: BatchClassifier | None = None
 
     def source(self) -> SourceDeclaration:
-        return self._source or GCSFileStream(self.bucket_name, self.project_id, force_destroy=True)
+        return self._source or GCSFileStream(self.bucket_name, self.project_id)
 
     def sink(self) -> BigQueryTable:
-        return BigQueryTable(table_id=self.table_id, destroy_protection=False)
+        return BigQueryTable(table_id=self.table_id)
 
     def setup(self) -> None:
         from models import BatchClassifier  # here, on the worker: plan never imports torch

@@ -1,6 +1,7 @@
 """The ``buildflow`` command: plan, run, query, destroy, upload, produce.
 
-One module per command group (:mod:`.provision`, :mod:`.run`, :mod:`.data`, :mod:`.query`),
+One module per command group (:mod:`.provision`, :mod:`.run`, :mod:`.data`, :mod:`.query`,
+:mod:`.backfill`, :mod:`.doctor`),
 all registered on one Typer app (:data:`cli`) from :mod:`._common`.
 
 Exit codes: 0 done; 1 a clear error (printed as one or a few lines, never a traceback
@@ -9,7 +10,9 @@ unless ``--log-level debug``); 2 bad usage; 130 stopped hard by a second Ctrl-C.
 
 from __future__ import annotations
 
+from buildflow.cli import backfill as backfill
 from buildflow.cli import data as data
+from buildflow.cli import doctor as doctor
 from buildflow.cli import provision as provision
 from buildflow.cli import query as query
 from buildflow.cli import run as run

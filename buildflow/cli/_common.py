@@ -195,6 +195,7 @@ _ACTION_STYLE = {
     "delete": "red",
     "absent": "dim",
     "protected": "bold yellow",
+    "kept": "cyan",
 }
 
 

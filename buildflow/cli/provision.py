@@ -25,6 +25,7 @@ from buildflow.cli._common import (
     print_changes,
 )
 from buildflow.cli._planned import record_destroy, record_plan
+from buildflow.cli.doctor import preflight
 from buildflow.errors import BuildflowError
 from buildflow.provisioning import apply, destroy, plan, plan_destroy
 
@@ -45,6 +46,7 @@ def plan_cmd(
         environment = node.environment(env, state_dir)
         node.check()
         check_servers(node.bind(environment), environment)
+        preflight(node, environment, "plan")  # gcp: credentials, APIs, billing, permissions
         changes = plan(node.resources(environment))
         where = display_path(environment.state_dir)
         print_changes(f"plan for {node.name!r} in {environment.name!r} ({where})", changes)
@@ -81,11 +83,17 @@ def destroy_cmd(
     state_dir: StateOpt = None,
     yes: YesOpt = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Also delete protected tables and non-empty buckets.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Also delete protected tables and non-empty buckets that this app created "
+            "(never a resource it did not create).",
+        ),
     ] = False,
     log_level: LogOpt = "info",
 ) -> None:
-    """Delete what the app manages. Refuses protected resources unless --force."""
+    """Delete what the app created. Refuses protected resources unless --force; keeps (and
+    lists, with the reason) what it did not create or what other apps still use."""
     configure_logging(log_level)
     try:
         node = load_app(app)
@@ -95,6 +103,9 @@ def destroy_cmd(
         if any(c.action == "protected" for c in changes):
             destroy(changes)  # raises DestroyProtectedError with the fix
         todo = [c for c in changes if c.action == "delete"]
+        kept = [c for c in changes if c.action == "kept"]
+        if kept:
+            out.print(f"Keeping {len(kept)} resource(s) this app did not create or others still use.")
         if not todo:
             record_destroy(app, environment, node.app_dir)
             out.print("Nothing to destroy.")

@@ -310,6 +310,9 @@ def run_cmd(
         node.check()
         bound = node.bind(environment)
         check_servers(bound, environment)
+        from buildflow.cli.doctor import preflight
+
+        preflight(node, environment, "run")  # gcp: credentials, APIs, billing, permissions
     except BuildflowError as e:
         raise fail(e) from e
     runtime: Runtime

@@ -38,6 +38,7 @@ from typing import Any
 from buildflow.errors import (
     BuildflowError,
     PipelineStageError,
+    ObjectOverwrittenError,
     ProcessorDefinitionError,
     ResourceGoneError,
     RowRejectedError,
@@ -89,6 +90,18 @@ def _peak_rss_mb() -> float:
 #: Seconds a sink write is retried while the sink says its table does not exist, before the
 #: run stops with :class:`ResourceGoneError`.
 GONE_GRACE_S = 10.0
+
+
+def _overwritten(e: BaseException) -> bool:
+    """``e`` is, or was caused by, an :class:`ObjectOverwrittenError`."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ObjectOverwrittenError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:
@@ -302,6 +315,9 @@ class _Worker:
                         results.append(e)
         records: list[OutputRecord] = []
         for env, res in zip(envelopes, results):
+            if isinstance(res, BaseException) and _overwritten(res):
+                log.info("processor %s: skipped %s: %s", self.spec.name, env.object_name or env.event_id, res)
+                continue  # a newer generation raised its own event: nothing to dead-letter
             if isinstance(res, BaseException):
                 res, errors = self._retry(env, res)
                 if isinstance(res, BaseException):

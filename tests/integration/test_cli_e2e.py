@@ -142,9 +142,12 @@ def test_plan_run_query_destroy_on_real_photos(tmp_path: Path) -> None:
     assert json.loads(again.read_text())["events"] == 0
 
     # destroy asks too, and deletes nothing without a yes (no answer on a pipe means no)
-    kept = buildflow("destroy", "main:app", state=state, input="", check=False)
+    kept = buildflow("destroy", "main:app", "--force", state=state, input="", check=False)
     assert kept.returncode != 0 and bucket.exists()
-    gone = buildflow("destroy", "main:app", state=state, input="y\n")
+    # the shipped processor sets no force flags: results and photos need --force
+    refused = buildflow("destroy", "main:app", state=state, input="y\n", check=False)
+    assert refused.returncode == 1 and "destroy_protection=True" in refused.stdout and bucket.exists()
+    gone = buildflow("destroy", "main:app", "--force", state=state, input="y\n")
     assert "Deleted 4 resource(s)" in gone.stdout
     assert not bucket.exists()
     assert "create" in buildflow("plan", "main:app", state=state, input="n\n", check=False).stdout

@@ -148,7 +148,7 @@ def test_emulator_plan_run_upload_query_destroy(
     (dead,) = rows(f"SELECT * FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
     assert dead["object_name"] == "broken.jpg" and dead["error_type"] == "TruncatedImageError"
 
-    gone = cli("destroy", "main:app", "--yes", env=app_env)
+    gone = cli("destroy", "main:app", "--yes", "--force", env=app_env)
     assert "Deleted" in gone.stdout
     assert gcs().lookup_bucket(bucket_name) is None
     from google.cloud import pubsub_v1
@@ -193,7 +193,7 @@ def test_emulator_plan_reports_a_schema_conflict(app_env: dict[str, str], tmp_pa
         assert plan.returncode == 1 and "conflict" in plan.stdout
         assert "image_name" in plan.stdout and "INT64" in plan.stdout
     finally:
-        cli("destroy", "main:app", "--yes", env=app_env)
+        cli("destroy", "main:app", "--yes", "--force", env=app_env)
 
 
 def test_unacked_message_is_redelivered_and_nack_redelivers_at_once(app_env: dict[str, str]) -> None:

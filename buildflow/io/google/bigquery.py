@@ -109,7 +109,7 @@ from buildflow.errors import (
 from buildflow.io.base import OutputRecord, RowRejection, SinkProvider, SinkRuntime
 from buildflow.io.google.clients import bigquery_client, cloud_error_line, resolve_project
 from buildflow.io.google.declarations import BigQueryTable, BigQueryWriteMode
-from buildflow.provisioning import Resource, ResourceState, require_ready
+from buildflow.provisioning import Resource, ResourceState, label_keep_reasons, require_ready
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import SchemaField, TableSchema, diff_schemas, to_json
 
@@ -324,11 +324,14 @@ class BigQueryDatasetResource(Resource):
 
     kind = "dataset"
 
-    def __init__(self, env: Environment, project: str, dataset: str, protected: bool) -> None:
+    def __init__(
+        self, env: Environment, project: str, dataset: str, protected: bool, location: str | None = None
+    ) -> None:
         self.env = env
         self.project = project
         self.dataset = dataset
         self.protected = protected
+        self.location = location
         self.name = f"{project}.{dataset}"
 
     def inspect(self) -> ResourceState:
@@ -341,10 +344,21 @@ class BigQueryDatasetResource(Resource):
         return ResourceState(exists=True)
 
     def create(self) -> None:
+        from google.cloud import bigquery
+
+        dataset = bigquery.Dataset(self.name)
+        dataset.labels = self.labels()
+        if self.location:
+            dataset.location = self.location
         try:
-            bigquery_client(self.env, self.project).create_dataset(self.name, exists_ok=True)
+            bigquery_client(self.env, self.project).create_dataset(dataset, exists_ok=True)
         except Exception as e:
             raise cloud_error_line(f"dataset {self.name}: create", e) from e
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        return label_keep_reasons(
+            bigquery_client(self.env, self.project).get_dataset(self.name).labels, self.app
+        )
 
     def delete(self) -> None:
         client = bigquery_client(self.env, self.project)
@@ -429,8 +443,10 @@ class BigQueryTableResource(Resource):
         from google.cloud import bigquery
 
         fields = [bigquery.SchemaField.from_api_repr(f) for f in self.schema.to_api_repr()]
+        table = bigquery.Table(self.name, schema=fields)
+        table.labels = self.labels()
         try:
-            self._client().create_table(bigquery.Table(self.name, schema=fields))
+            self._client().create_table(table)
         except Exception as e:
             raise cloud_error_line(f"table {self.name}: create", e) from e
 
@@ -460,6 +476,10 @@ class BigQueryTableResource(Resource):
             self._client().update_table(table, ["schema"])
         except Exception as e:
             raise cloud_error_line(f"table {self.name}: update", e) from e
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        table = self._existing()
+        return [] if table is None else label_keep_reasons(table.labels, self.app)
 
     def delete(self) -> None:
         try:
@@ -729,7 +749,7 @@ class BigQueryTableProvider(SinkProvider):
     def resources(self, schema: TableSchema) -> list[Resource]:
         d, env = self.declaration, self.environment
         return [
-            BigQueryDatasetResource(env, self.project, d.dataset_id, d.destroy_protection),
+            BigQueryDatasetResource(env, self.project, d.dataset_id, d.destroy_protection, d.location),
             BigQueryTableResource(env, self.project, self.table_id, schema, d.destroy_protection),
         ]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from typing import Any
 
@@ -31,6 +32,9 @@ __all__ = [
     "require_emulator_env",
     "gcs_events_topic",
     "resolve_project",
+    "adc_project",
+    "project_number",
+    "service_disabled_fix",
 ]
 
 _LOCK = threading.Lock()
@@ -63,17 +67,55 @@ def require_emulator_env(env: Environment, *names: str) -> None:
 EMULATOR_PROJECT = "buildflow-local"
 
 
+def adc_project() -> str | None:
+    """The project of Application Default Credentials (``google.auth.default()``: the
+    ``GOOGLE_CLOUD_PROJECT`` variable, the service account's project or gcloud's
+    ``core/project``), or None when there are no credentials or no project
+    (https://google-auth.readthedocs.io/en/latest/reference/google.auth.html#google.auth.default)."""
+    google_auth = _import("google.auth")
+    try:
+        _, project = google_auth.default()
+    except google_auth.exceptions.DefaultCredentialsError:
+        return None
+    return str(project) if project else None
+
+
 def resolve_project(declared: str | None, env: Environment, what: str, fix: str) -> str:
-    """The project a declaration acts in: its own, else (emulator only) ``buildflow-local``.
+    """The project a declaration acts in: its own, else ``buildflow-local`` (emulator), else
+    (``gcp``) the project of Application Default Credentials.
 
     Raises:
-        ConfigurationError: no project in ``gcp``; the message names ``what`` and ``fix``.
+        ConfigurationError: no project in ``gcp``, or ``buildflow-local`` (the emulator's
+            project) in ``gcp``; the message names ``what`` and ``fix``.
     """
+    if env.name == "gcp" and declared == EMULATOR_PROJECT:
+        raise ConfigurationError(
+            f"{what}: project {declared!r} is the emulator's project, not a real one; set "
+            "GCP_PROJECT (or project_id) to your project id in the 'gcp' environment."
+        )
     if declared is not None:
         return declared
     if env.name == "emulator":
         return EMULATOR_PROJECT
-    raise ConfigurationError(f"{what}: {fix} in the {env.name!r} environment.")
+    found = adc_project() if env.name == "gcp" else None
+    if found is not None:
+        return found
+    raise ConfigurationError(
+        f"{what}: {fix} in the {env.name!r} environment (Application Default Credentials name "
+        "no project either: `gcloud config set project <id>` or set GOOGLE_CLOUD_PROJECT)."
+    )
+
+
+def project_number(env: Environment, project: str) -> str:
+    """The number of ``project``, read from its Cloud Storage service agent's address,
+    ``service-<number>@gs-project-accounts.iam.gserviceaccount.com``
+    (https://cloud.google.com/storage/docs/getting-service-agent); needs
+    ``resourcemanager.projects.get`` on the project."""
+    email = str(storage_client(env, project).get_service_account_email(project=project))
+    number = email.split("@", 1)[0].removeprefix("service-")
+    if not number.isdigit():
+        raise ProvisioningError(f"cannot read the number of project {project!r} from {email!r}")
+    return number
 
 
 def gcs_events_topic(env: Environment) -> str:
@@ -163,10 +205,36 @@ _FIXES = {
 }
 
 
+#: API of each Google Cloud host name an error may name.
+_APIS = (
+    "pubsub.googleapis.com",
+    "storage.googleapis.com",
+    "bigquery.googleapis.com",
+    "bigquerystorage.googleapis.com",
+)
+
+
+def service_disabled_fix(message: str) -> str | None:
+    """The ``gcloud services enable ...`` line for an API-disabled error (``SERVICE_DISABLED``,
+    "... API has not been used in project ... or it is disabled"), else None."""
+    text = str(message)
+    if (
+        "SERVICE_DISABLED" not in text
+        and "has not been used in project" not in text
+        and "is disabled" not in text
+    ):
+        return None
+    apis = [a for a in _APIS if a in text] or [a for a in _APIS if a.split(".")[0] in text.lower()][:1]
+    project = re.search(r"project[ =]+([a-z0-9-]+)", text)
+    line = "gcloud services enable " + " ".join(apis or ["<api>.googleapis.com"])
+    return line + (f" --project {project.group(1)}" if project else "")
+
+
 def cloud_error_line(what: str, e: BaseException) -> ProvisioningError:
-    """``<what>: <what the cloud said> (<fix>)`` as a ProvisioningError; no traceback."""
+    """``<what>: <what the cloud said> (<fix>)`` as a ProvisioningError; no traceback. An
+    API that is not enabled gets the ``gcloud services enable`` line as its fix."""
     name = type(e).__name__
     message = getattr(e, "message", None) or str(e)
     message = " ".join(str(message).split())[:300]
-    fix = _FIXES.get(name)
+    fix = service_disabled_fix(str(e)) or _FIXES.get(name)
     return ProvisioningError(f"{what}: {name}: {message}" + (f" ({fix})" if fix else ""))

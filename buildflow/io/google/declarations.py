@@ -55,8 +55,16 @@ class GCSFileStream(SourceDeclaration):
             and skipped.
         content_types: If given, only objects whose content type starts with one of
             these (e.g. ``("image/",)``) are events; others are acked and skipped.
-        force_destroy: Let ``destroy`` delete the bucket even if it holds objects.
+        force_destroy: Let ``destroy`` delete the bucket even if it holds objects (only a
+            bucket this app's ``plan`` created: one that existed before is never deleted).
         ack_deadline_secs: Pub/Sub ack deadline of the subscription (10-600 s).
+        location: Where ``plan`` creates the bucket (``gcp``), e.g. ``"EU"`` or
+            ``"europe-west1"``; None takes the app's other declared location, else Cloud
+            Storage's default (``US``). All of an app's buckets and datasets must agree.
+        dead_letter_topic: Optional Pub/Sub topic (short name, or ``projects/<p>/topics/<t>``)
+            where Pub/Sub moves a notification after ``max_delivery_attempts`` deliveries
+            that were never acked (a crash loop); ``plan`` creates it. None: no such limit.
+        max_delivery_attempts: 5-100 (Pub/Sub's range), with ``dead_letter_topic``.
 
     Raises:
         ConfigurationError: a name or value is invalid.
@@ -68,6 +76,9 @@ class GCSFileStream(SourceDeclaration):
     content_types: tuple[str, ...] | None = None
     force_destroy: bool = False
     ack_deadline_secs: int = 60
+    location: str | None = None
+    dead_letter_topic: str | None = None
+    max_delivery_attempts: int = 5
 
     event_type: ClassVar[type] = GCSFileEvent
 
@@ -89,6 +100,8 @@ class GCSFileStream(SourceDeclaration):
             )
         if self.content_types is not None and isinstance(self.content_types, str):
             object.__setattr__(self, "content_types", (self.content_types,))
+        _check_dead_letter(self.describe(), self.dead_letter_topic, self.max_delivery_attempts)
+        _check_location(self.describe(), self.location)
 
     def describe(self) -> str:
         return f"GCSFileStream(bucket={self.bucket_name!r})"
@@ -130,6 +143,8 @@ class BigQueryTable(SinkDeclaration):
             table) unless run with ``--force``. On by default: tables hold results.
         write_mode: ``"merge"`` (exactly-once, default) or ``"insert_id"`` (best effort).
             The dead-letter table beside it is written the same way.
+        location: Where ``plan`` creates the dataset (``gcp``), e.g. ``"EU"``; None takes
+            the app's other declared location, else BigQuery's default (``US``).
 
     Raises:
         ConfigurationError: ``table_id`` is malformed, or ``write_mode`` is not one of the
@@ -139,6 +154,7 @@ class BigQueryTable(SinkDeclaration):
     table_id: str
     destroy_protection: bool = True
     write_mode: BigQueryWriteMode = "merge"
+    location: str | None = None
 
     def __post_init__(self) -> None:
         parts = self.table_id.split(".") if isinstance(self.table_id, str) else []
@@ -157,6 +173,7 @@ class BigQueryTable(SinkDeclaration):
                 "expected 'merge' (exactly-once, the default) or 'insert_id' (best-effort "
                 "de-duplication, lower latency)."
             )
+        _check_location(self.describe(), self.location)
 
     @property
     def project_id(self) -> str | None:
@@ -181,10 +198,37 @@ class BigQueryTable(SinkDeclaration):
             table_id=f"{prefix}.{DEAD_LETTER_TABLE_NAME}",
             destroy_protection=self.destroy_protection,
             write_mode=self.write_mode,
+            location=self.location,
         )
 
 
 _PUBSUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+# https://cloud.google.com/storage/docs/locations, https://cloud.google.com/bigquery/docs/locations
+_LOCATION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,40}$")
+
+
+def _check_location(what: str, location: str | None) -> None:
+    if location is not None and not _LOCATION_RE.match(location):
+        raise ConfigurationError(
+            f"{what}: invalid location {location!r}: a Google Cloud location such as 'US', 'EU' "
+            "or 'europe-west1'."
+        )
+
+
+def _check_dead_letter(what: str, topic: str | None, attempts: int) -> None:
+    """Pub/Sub's dead-letter limits: max_delivery_attempts 5..100
+    (https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#deadletterpolicy)."""
+    if topic is not None:
+        name = topic.rsplit("/", 1)[-1]
+        if not _PUBSUB_NAME.match(name) or name.startswith("goog"):
+            raise ConfigurationError(
+                f"{what}: invalid dead_letter_topic {topic!r}: 3-255 letters, digits or -._~+%, "
+                "starting with a letter and not with 'goog'."
+            )
+    if not 5 <= attempts <= 100:
+        raise ConfigurationError(
+            f"{what}: max_delivery_attempts={attempts!r} is outside Pub/Sub's allowed range 5..100."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +243,7 @@ class PubSubSubscription(SourceDeclaration):
         project_id: The GCP project of both.
         subscription: Subscription name (short, not the full path).
         topic: Topic name (short), or ``projects/<p>/topics/<t>`` for another project's.
+            ``plan`` creates it if missing; ``destroy`` never deletes it.
         ack_deadline_secs: 10-600 s; leases of in-flight messages are extended to it.
         payload_format: ``raw`` (the payload is the image file, or a ``gs://`` reference)
             or ``json`` (the buildflow JSON envelope with base64 ``image_data``, or the
@@ -207,6 +252,9 @@ class PubSubSubscription(SourceDeclaration):
         max_pixels: A pixel payload with more than this ``height * width`` is
             dead-lettered before its pixels are read (default: Pillow's
             ``MAX_IMAGE_PIXELS``, 89,478,485).
+        dead_letter_topic: Optional topic (short, or a full path) where Pub/Sub moves a
+            message after ``max_delivery_attempts`` unacked deliveries; ``plan`` creates it.
+        max_delivery_attempts: 5-100 (Pub/Sub's range), with ``dead_letter_topic``.
 
     Raises:
         ConfigurationError: a name or value is invalid.
@@ -218,6 +266,8 @@ class PubSubSubscription(SourceDeclaration):
     ack_deadline_secs: int = 60
     payload_format: Literal["raw", "json"] = "raw"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    dead_letter_topic: str | None = None
+    max_delivery_attempts: int = 5
 
     event_type: ClassVar[type] = PubSubMessageEvent
 
@@ -240,6 +290,14 @@ class PubSubSubscription(SourceDeclaration):
                 f"PubSubSubscription: ack_deadline_secs={self.ack_deadline_secs!r} is outside "
                 "Pub/Sub's allowed range 10..600."
             )
+        _check_dead_letter(self.describe(), self.dead_letter_topic, self.max_delivery_attempts)
+
+    @property
+    def dead_letter_topic_path(self) -> str | None:
+        t = self.dead_letter_topic
+        if t is None or t.startswith("projects/"):
+            return t
+        return f"projects/{self.project_id}/topics/{t}"
 
     @property
     def topic_path(self) -> str:

@@ -1,18 +1,35 @@
-"""Pub/Sub: topics and subscriptions as resources, and a pull source with lease extension.
+"""Pub/Sub: topics and subscriptions as resources, and two sources.
 
-The source uses synchronous Pull (fast on both the service and its emulator; streaming
-pull delivers only ~95 messages/s per stream on the emulator). Messages stay in flight
-until the runtime acks them after the sink write; while in flight, their ack deadline is
-extended every third of it, so a slow micro-batch is never redelivered while it is still
-being processed. Nack sets the deadline to 0 (immediate redelivery).
+* ``gcp``: :class:`PubSubStreamingSource`, the official client's streaming pull
+  (``SubscriberClient.subscribe``), which Google recommends for most subscribers
+  (https://cloud.google.com/pubsub/docs/pull#streamingpull_api). The library extends the
+  leases of outstanding messages and batches acks; ``FlowControl`` caps the outstanding
+  messages at what the runtime can hold in flight. A unary ``Pull`` that the client
+  abandons after the server handed out messages leaves them invisible until their ack
+  deadline (googleapis/google-cloud-python#8087), which streaming pull avoids.
+* ``emulator``: :class:`PubSubPullSource`, unary ``Pull`` with a 60 s deadline (longer
+  than any server hold of an empty pull; the emulator answers an empty pull at once), since
+  the emulator's streaming pull delivers only ~95 messages/s per stream. It extends the
+  ack deadline of in-flight messages every third of it.
+
+Both ack only after the runtime's sink write; nack gives a message back at once
+(``modifyAckDeadline 0``).
+
+``--until-idle``: the run stops when a pull waited its time and got nothing while
+nothing was in flight. Messages leased by a run that crashed are invisible until their
+ack deadline passes (``ack_deadline_secs``; the crashed process no longer extends it), so
+an ``--until-idle`` run started right after a crash can stop before they come back: wait
+``ack_deadline_secs`` first, or run again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,10 +39,15 @@ from buildflow.errors import ResourceGoneError
 from buildflow.events import BlobReader
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.blobs import GCSBlobReader
-from buildflow.io.google.clients import cloud_error_line, pubsub_publisher, pubsub_subscriber
+from buildflow.io.google.clients import (
+    cloud_error_line,
+    project_number,
+    pubsub_publisher,
+    pubsub_subscriber,
+)
 from buildflow.io.google.declarations import PubSubSubscription
 from buildflow.io.payloads import BytesBlob, PayloadError, decode_json_payload
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import Resource, ResourceState, label_keep_reasons
 from buildflow.runtime.threads import BlockingWorker
 
 __all__ = [
@@ -34,7 +56,11 @@ __all__ = [
     "PubSubTopicResource",
     "PubSubSubscriptionResource",
     "PubSubPullSource",
+    "PubSubStreamingSource",
+    "open_pull_source",
     "Decoded",
+    "topic_keep_reasons",
+    "pubsub_service_agent",
 ]
 
 log = logging.getLogger("buildflow.io.pubsub")
@@ -44,19 +70,56 @@ Decoded = Envelope[Any] | None
 
 _ACK_CHUNK = 1000  # ack ids per acknowledge/modifyAckDeadline request (API limit 2500)
 
+#: Deadline of a unary Pull (s): longer than a server holds an empty pull, so the client
+#: never abandons a pull the server already answered with messages
+#: (googleapis/python-pubsub#1414: a 1 s timeout delayed messages; the default is 60 s).
+PULL_DEADLINE_S = 60.0
+
+#: Batches a runtime holds between pull and ack: ``max_inflight_batches`` (2) in its pull
+#: queue and (2) in its write queue, one being processed and one being formed
+#: (:class:`buildflow.runtime.base.RunOptions`). Streaming pull's ``FlowControl`` admits
+#: this many batches' worth of messages.
+BATCHES_IN_FLIGHT = 6
+
 
 def _not_found(e: BaseException) -> bool:
     return type(e).__name__ == "NotFound"
 
 
+def topic_keep_reasons(
+    env: Environment, topic: str, app: str | None, deleting: frozenset[tuple[str, str]], what: str = "topic"
+) -> list[str]:
+    """Why ``destroy`` keeps ``topic`` (or something that feeds it): not created by this
+    app (labels), or subscriptions outside this destroy still read it."""
+    try:
+        found = pubsub_publisher(env).get_topic(request={"topic": topic})
+    except Exception as e:
+        if _not_found(e):
+            return []
+        raise cloud_error_line(f"topic {topic}", e) from e
+    reasons = label_keep_reasons(dict(found.labels), app)
+    if reasons:
+        return [f"{what} {topic}: {r}" if what != "topic" else r for r in reasons]
+    subs = list(pubsub_publisher(env).list_topic_subscriptions(request={"topic": topic}))
+    others = sorted(str(x) for x in subs if ("subscription", str(x)) not in deleting)
+    if others:
+        return [f"{what} still feeds {len(others)} other subscription(s): {', '.join(others[:3])}"]
+    return []
+
+
 class PubSubTopicResource(Resource):
-    """A Pub/Sub topic (``projects/<p>/topics/<t>``)."""
+    """A Pub/Sub topic (``projects/<p>/topics/<t>``), created with the app's labels.
+
+    ``destroy`` deletes it only when this app created it and no subscription outside the
+    destroy reads it; a ``referenced`` topic (one a :class:`PubSubSubscription` names,
+    possibly another project's) is never deleted."""
 
     kind = "topic"
 
-    def __init__(self, env: Environment, path: str) -> None:
+    def __init__(self, env: Environment, path: str, *, referenced: bool = False) -> None:
         self.env = env
         self.name = path
+        self.referenced = referenced
 
     def inspect(self) -> ResourceState:
         try:
@@ -69,9 +132,14 @@ class PubSubTopicResource(Resource):
 
     def create(self) -> None:
         try:
-            pubsub_publisher(self.env).create_topic(request={"name": self.name})
+            pubsub_publisher(self.env).create_topic(request={"name": self.name, "labels": self.labels()})
         except Exception as e:
             raise cloud_error_line(f"topic {self.name}: create", e) from e
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        if self.referenced:
+            return ["named by a PubSubSubscription: buildflow never deletes a topic it subscribes to"]
+        return topic_keep_reasons(self.env, self.name, self.app, deleting)
 
     def delete(self) -> None:
         try:
@@ -81,17 +149,66 @@ class PubSubTopicResource(Resource):
                 raise cloud_error_line(f"topic {self.name}: delete", e) from e
 
 
+def pubsub_service_agent(project_number: str) -> str:
+    """The Pub/Sub service agent of a project, which forwards dead letters:
+    ``service-<number>@gcp-sa-pubsub.iam.gserviceaccount.com``
+    (https://cloud.google.com/pubsub/docs/handling-failures#grant_forwarding_permissions)."""
+    return f"serviceAccount:service-{project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+
 class PubSubSubscriptionResource(Resource):
-    """A pull subscription with its ack deadline; a different topic is a conflict, a
-    different ack deadline an in-place update."""
+    """A pull subscription: the app's labels, the ack deadline, never expiring
+    (``expiration_policy`` with no ``ttl``; the default deletes a subscription idle for 31
+    days, https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#expirationpolicy),
+    and optionally a dead-letter topic after ``max_delivery_attempts`` (5-100). A different
+    topic is a conflict; a different ack deadline or dead-letter policy an in-place update.
+
+    In ``gcp``, with a dead-letter topic, ``create`` also grants the project's Pub/Sub
+    service agent ``roles/pubsub.publisher`` on that topic and ``roles/pubsub.subscriber``
+    on the subscription (https://cloud.google.com/pubsub/docs/handling-failures); the
+    project number comes from ``project_number`` (a callable, called only then)."""
 
     kind = "subscription"
 
-    def __init__(self, env: Environment, path: str, topic: str, ack_deadline_secs: int) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        path: str,
+        topic: str,
+        ack_deadline_secs: int,
+        *,
+        dead_letter_topic: str | None = None,
+        max_delivery_attempts: int = 5,
+        project_number: Callable[[], str] | None = None,
+    ) -> None:
         self.env = env
         self.name = path
         self.topic = topic
         self.ack_deadline_secs = ack_deadline_secs
+        self.dead_letter_topic = dead_letter_topic
+        self.max_delivery_attempts = max_delivery_attempts
+        self.project_number = project_number
+
+    def _dead_letter_policy(self) -> dict[str, Any] | None:
+        if self.dead_letter_topic is None:
+            return None
+        return {
+            "dead_letter_topic": self.dead_letter_topic,
+            "max_delivery_attempts": self.max_delivery_attempts,
+        }
+
+    def request(self) -> dict[str, Any]:
+        """The ``CreateSubscription`` request ``create`` sends."""
+        req: dict[str, Any] = {
+            "name": self.name,
+            "topic": self.topic,
+            "ack_deadline_seconds": self.ack_deadline_secs,
+            "labels": self.labels(),
+            "expiration_policy": {},  # no ttl: never expires
+        }
+        if (policy := self._dead_letter_policy()) is not None:
+            req["dead_letter_policy"] = policy
+        return req
 
     def inspect(self) -> ResourceState:
         try:
@@ -105,30 +222,68 @@ class PubSubSubscriptionResource(Resource):
             conflicts.append(f"subscribed to {sub.topic}, declared {self.topic}")
         if sub.ack_deadline_seconds != self.ack_deadline_secs:
             updates.append(f"ack deadline {sub.ack_deadline_seconds} s -> {self.ack_deadline_secs} s")
+        have_dl = (
+            sub.dead_letter_policy.dead_letter_topic or None,
+            sub.dead_letter_policy.max_delivery_attempts,
+        )
+        want = self._dead_letter_policy()
+        want_dl = (want["dead_letter_topic"], want["max_delivery_attempts"]) if want else (None, 0)
+        if have_dl[0] != want_dl[0] or (want and have_dl[1] != want_dl[1]):
+            updates.append(
+                f"dead-letter policy {have_dl[0]} after {have_dl[1]} -> {want_dl[0]} after {want_dl[1]}"
+            )
+        ttl_s = sub._pb.expiration_policy.ttl.seconds  # proto-plus maps ttl to a timedelta
+        if ttl_s:
+            updates.append(f"expires after {ttl_s / 86400:g} idle days -> never")
         return ResourceState(True, updates=tuple(updates), conflicts=tuple(conflicts))
 
     def create(self) -> None:
         try:
-            pubsub_subscriber(self.env).create_subscription(
-                request={
-                    "name": self.name,
-                    "topic": self.topic,
-                    "ack_deadline_seconds": self.ack_deadline_secs,
-                }
-            )
+            pubsub_subscriber(self.env).create_subscription(request=self.request())
         except Exception as e:
             raise cloud_error_line(f"subscription {self.name}: create", e) from e
+        self._grant_dead_letter_forwarding()
+
+    def _grant_dead_letter_forwarding(self) -> None:
+        if self.dead_letter_topic is None or self.env.name != "gcp" or self.project_number is None:
+            return  # the emulator has no IAM
+        from buildflow.io.google.gcs import add_binding
+
+        agent = pubsub_service_agent(self.project_number())
+        for client, resource, role in (
+            (pubsub_publisher(self.env), self.dead_letter_topic, "roles/pubsub.publisher"),
+            (pubsub_subscriber(self.env), self.name, "roles/pubsub.subscriber"),
+        ):
+            try:
+                policy = client.get_iam_policy(request={"resource": resource})
+                if add_binding(policy, role, agent):
+                    client.set_iam_policy(request={"resource": resource, "policy": policy})
+            except Exception as e:
+                raise cloud_error_line(f"subscription {self.name}: grant {role} on {resource}", e) from e
 
     def update(self, state: ResourceState) -> None:
+        """Change in place what differs (only those fields, in the update mask)."""
+        sub: dict[str, Any] = {"name": self.name}
+        paths = []
+        for prefix, field, value in (
+            ("ack deadline", "ack_deadline_seconds", self.ack_deadline_secs),
+            ("expires", "expiration_policy", {}),
+            ("dead-letter", "dead_letter_policy", self._dead_letter_policy() or {}),
+        ):
+            if any(u.startswith(prefix) for u in state.updates):
+                sub[field] = value
+                paths.append(field)
         try:
             pubsub_subscriber(self.env).update_subscription(
-                request={
-                    "subscription": {"name": self.name, "ack_deadline_seconds": self.ack_deadline_secs},
-                    "update_mask": {"paths": ["ack_deadline_seconds"]},
-                }
+                request={"subscription": sub, "update_mask": {"paths": paths}}
             )
         except Exception as e:
             raise cloud_error_line(f"subscription {self.name}: update", e) from e
+        self._grant_dead_letter_forwarding()
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        sub = pubsub_subscriber(self.env).get_subscription(request={"subscription": self.name})
+        return label_keep_reasons(dict(sub.labels), self.app)
 
     def delete(self) -> None:
         try:
@@ -196,8 +351,7 @@ class PubSubPullSource(SourceRuntime[Any]):
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
         t0 = time.monotonic()
-        wait = min(max(timeout_s, 0.1), 2.0)
-        deliver, skip = await self._io.run(lambda: self._pull_sync(max_events, wait))
+        deliver, skip = await self._io.run(lambda: self._pull_sync(max_events, PULL_DEADLINE_S))
         if skip:
             await self._ack_ids(skip)
         now = time.monotonic()
@@ -291,6 +445,112 @@ class PubSubPullSource(SourceRuntime[Any]):
         self._lease_io.stop()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Received:
+    """A streaming-pull ``Message`` in the shape of a unary ``ReceivedMessage`` (what the
+    decoders read: ``message.{message_id,data,attributes,publish_time}``, ``ack_id``,
+    ``delivery_attempt``)."""
+
+    message: Any
+    ack_id: str
+    delivery_attempt: int
+
+
+class PubSubStreamingSource(SourceRuntime[Any]):
+    """Streaming pull through ``SubscriberClient.subscribe``; ``decode`` as for
+    :class:`PubSubPullSource` (it runs on the library's callback threads).
+
+    The stream starts at the first ``pull`` with ``FlowControl(max_messages=max_events *
+    BATCHES_IN_FLIGHT)``: at most that many messages are leased at once, and the library
+    extends their leases until ack or nack (up to its ``max_lease_duration``, 1 hour by
+    default). ``close`` stops the stream and nacks what was received but not handed out.
+    """
+
+    def __init__(self, env: Environment, subscription: str, decode: Callable[[Any], Decoded]) -> None:
+        self.env = env
+        self.subscription = subscription
+        self.decode = decode
+        self._queue: asyncio.Queue[Envelope[Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: Any = None
+        self._messages: dict[str, Any] = {}  # ack_id -> Message, handed out and not yet acked
+        self._lock = threading.Lock()
+        self._last_pull_empty = False
+
+    def _callback(self, message: Any) -> None:
+        received = _Received(message, message.ack_id, message.delivery_attempt or 0)
+        try:
+            env = self.decode(received)
+        except Exception as e:  # a decoder bug must not stop the stream
+            env = _undecodable(received, e)
+        if env is None:
+            message.ack()
+            return
+        with self._lock:
+            self._messages[message.ack_id] = message
+        assert self._loop is not None and self._queue is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, env)
+
+    def _start(self, max_events: int) -> None:
+        import importlib
+
+        pubsub_v1 = importlib.import_module("google.cloud.pubsub_v1")
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        flow = pubsub_v1.types.FlowControl(max_messages=max(1, max_events) * BATCHES_IN_FLIGHT)
+        self._future = pubsub_subscriber(self.env).subscribe(
+            self.subscription, callback=self._callback, flow_control=flow
+        )
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        if self._future is None:
+            self._start(max_events)
+        assert self._queue is not None
+        if self._future.done():  # the stream ended with an error: surface it
+            self._future.result()
+        out: list[Envelope[Any]] = []
+        try:
+            out.append(await asyncio.wait_for(self._queue.get(), max(timeout_s, 0.001)))
+        except TimeoutError:
+            self._last_pull_empty = True
+            return []
+        while len(out) < max_events and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        self._last_pull_empty = False
+        return out
+
+    def _take(self, envelopes: Sequence[Envelope[Any]]) -> list[Any]:
+        with self._lock:
+            return [m for m in (self._messages.pop(e.ack_id, None) for e in envelopes) if m is not None]
+
+    async def ack(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        for m in self._take(envelopes):
+            m.ack()
+
+    async def nack(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        for m in self._take(envelopes):
+            m.nack()
+
+    async def backlog(self) -> int | None:
+        return None
+
+    async def is_drained(self) -> bool:
+        with self._lock:
+            idle = not self._messages
+        return self._last_pull_empty and idle and (self._queue is None or self._queue.empty())
+
+    async def close(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._future.result, 30)
+        with self._lock:
+            leftover = list(self._messages.values())
+            self._messages.clear()
+        for m in leftover:  # received but never acked: back at once, not after the deadline
+            m.nack()
+
+
 def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
     m = received.message
     return Envelope(
@@ -302,6 +562,15 @@ def _undecodable(received: Any, error: Exception) -> Envelope[Any]:
         object_name=f"message {m.message_id}",
         error=error,
     )
+
+
+def open_pull_source(
+    env: Environment, subscription: str, ack_deadline_secs: int, decode: Callable[[Any], Decoded]
+) -> SourceRuntime[Any]:
+    """Streaming pull in ``gcp``, unary pull in ``emulator`` (see the module docstring)."""
+    if env.name == "gcp":
+        return PubSubStreamingSource(env, subscription, decode)
+    return PubSubPullSource(env, subscription, ack_deadline_secs, decode)
 
 
 def decode_message(received: Any, decl: PubSubSubscription, env: Environment) -> Decoded:
@@ -374,16 +643,25 @@ class PubSubSubscriptionProvider(SourceProvider):
 
     def resources(self, consumer: str) -> list[Resource]:
         d = self.declaration
-        return [
-            PubSubTopicResource(self.environment, d.topic_path),
+        out: list[Resource] = [PubSubTopicResource(self.environment, d.topic_path, referenced=True)]
+        if d.dead_letter_topic_path is not None:
+            out.append(PubSubTopicResource(self.environment, d.dead_letter_topic_path))
+        out.append(
             PubSubSubscriptionResource(
-                self.environment, d.subscription_path, d.topic_path, d.ack_deadline_secs
-            ),
-        ]
+                self.environment,
+                d.subscription_path,
+                d.topic_path,
+                d.ack_deadline_secs,
+                dead_letter_topic=d.dead_letter_topic_path,
+                max_delivery_attempts=d.max_delivery_attempts,
+                project_number=lambda: project_number(self.environment, d.project_id),
+            )
+        )
+        return out
 
     def open(self, consumer: str) -> SourceRuntime[Any]:
         d, env = self.declaration, self.environment
-        return PubSubPullSource(
+        return open_pull_source(
             env, d.subscription_path, d.ack_deadline_secs, lambda received: decode_message(received, d, env)
         )
 

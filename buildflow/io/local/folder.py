@@ -44,7 +44,7 @@ from buildflow.errors import ResourceGoneError
 from buildflow.events import BlobReader, GCSFileEvent
 from buildflow.io.base import Envelope, SourceProvider, SourceRuntime
 from buildflow.io.google.declarations import GCSFileStream
-from buildflow.provisioning import Resource, ResourceState
+from buildflow.provisioning import CreatedLedger, Resource, ResourceState, label_keep_reasons
 from buildflow.runtime.threads import BlockingWorker
 
 __all__ = ["LocalBucketProvider", "LocalBucketSource", "LocalBlobReader"]
@@ -417,7 +417,9 @@ class LocalBucketSource(SourceRuntime[GCSFileEvent]):
 
 
 class LocalBucketResource(Resource):
-    """The bucket folder."""
+    """The bucket folder. ``destroy`` deletes only a folder this app's ``plan`` created
+    (recorded in the state folder's :class:`~buildflow.provisioning.CreatedLedger`); a
+    folder that was there before is kept, files and all."""
 
     kind = "bucket"
 
@@ -426,6 +428,9 @@ class LocalBucketResource(Resource):
         self.path = path
         self.name = decl.bucket_name
 
+    def _ledger(self) -> CreatedLedger:
+        return CreatedLedger(self.path.parent.parent)  # <state dir>/buckets/<name>
+
     def inspect(self) -> ResourceState:
         if self.path.exists() and not self.path.is_dir():
             return ResourceState(True, conflicts=(f"{self.path} exists and is not a folder",))
@@ -433,6 +438,11 @@ class LocalBucketResource(Resource):
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        self._ledger().record(self.kind, self.name, self.app, str(self.path.stat().st_ino))
+
+    def keep_reasons(self, deleting: frozenset[tuple[str, str]]) -> list[str]:
+        identity = str(self.path.stat().st_ino)
+        return label_keep_reasons(self._ledger().labels(self.kind, self.name, identity), self.app)
 
     def delete_blockers(self) -> list[str]:
         if self.decl.force_destroy:
@@ -442,6 +452,7 @@ class LocalBucketResource(Resource):
 
     def delete(self) -> None:
         shutil.rmtree(self.path)
+        self._ledger().forget(self.kind, self.name)
 
 
 class LocalSubscriptionResource(Resource):
