@@ -37,8 +37,8 @@ from typing import Any
 
 from buildflow.errors import (
     BuildflowError,
-    PipelineStageError,
     ObjectOverwrittenError,
+    PipelineStageError,
     ProcessorDefinitionError,
     ResourceGoneError,
     RowRejectedError,
