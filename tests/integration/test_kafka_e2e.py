@@ -248,7 +248,7 @@ def test_plan_creates_and_destroy_deletes_topics(kafka_app: dict[str, Any]) -> N
     md = admin.list_topics(timeout=10)
     assert len(md.topics[topic].partitions) == 2
     assert "No changes" in cli(kafka_app, "plan", "kafka_app:app", **extra).stdout
-    cli(kafka_app, "destroy", "kafka_app:app", "--yes", **extra)
+    cli(kafka_app, "destroy", "kafka_app:app", "--yes", "--force", **extra)  # the tables are protected
     deadline = time.monotonic() + 30
     while topic in admin.list_topics(timeout=10).topics:
         assert time.monotonic() < deadline, "topic still listed after destroy"
