@@ -67,7 +67,7 @@ def test_a_failing_dead_letter_sink_is_retried_and_the_event_acked_only_after_it
 ) -> None:
     """The dead-letter table is briefly unavailable: the record is written once it is
     back, and only then is the event acked; nothing is acked while it fails."""
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
     bound = _bound(
         Rejecting(),
         LoggedSource(tuple(events(2)), log=log),
@@ -90,7 +90,7 @@ def test_a_failing_dead_letter_sink_is_retried_and_the_event_acked_only_after_it
 def test_a_dead_letter_sink_that_never_recovers_acks_nothing(tmp_path: Path) -> None:
     """With the dead-letter table down for good, a stop drains nothing: the run stops hard
     at the drain deadline, and the event stays unacked (delivered again next run)."""
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
     bound = _bound(
         Rejecting(),
         LoggedSource(tuple(events(1)), log=log),
@@ -124,7 +124,7 @@ def test_sink_retries_wait_capped_exponential_delays_with_full_jitter(tmp_path: 
     """README "Guarantees": exponential backoff from 100 ms capped at 5 s, full jitter.
     Ten failures, a seeded jitter: the delays are exactly uniform(0, ceiling) draws for the
     ceilings 100, 200, ..., 3200, then 5000 ms."""
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
     bound = _bound(
         Named(),
         LoggedSource(tuple(events(1)), log=log),
@@ -209,9 +209,11 @@ def _with(bound: Any, **changes: Any) -> Any:
 
 @pytest.mark.parametrize("until_idle", [True, False])
 def test_a_source_whose_ack_raises_ends_the_run_with_an_error(tmp_path: Path, until_idle: bool) -> None:
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
     decl = LoggedSource(tuple(events(3)), log=log)
-    bound = _bound(Named(), decl, FileSink("ack", rows=rows), FileSink("ack.dl", rows=dead))
+    bound = _bound(
+        Named(), decl, FileSink("ack", rows=rows, log=slog), FileSink("ack.dl", rows=dead, log=slog)
+    )
     bound = _with(bound, source=_Source(_AckRaising, decl, bound.source.environment))
     summary = _run_bounded(bound, RunOptions(until_idle=until_idle, idle_grace_ms=0, handle_signals=False))
     assert summary.stop_reason == "error"
@@ -223,9 +225,11 @@ def test_a_source_whose_ack_raises_ends_the_run_with_an_error(tmp_path: Path, un
 
 
 def test_a_pull_that_raises_a_non_transient_error_ends_the_run_with_an_error(tmp_path: Path) -> None:
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
     decl = LoggedSource(tuple(events(3)), log=log)
-    bound = _bound(Named(), decl, FileSink("pull", rows=rows), FileSink("pull.dl", rows=dead))
+    bound = _bound(
+        Named(), decl, FileSink("pull", rows=rows, log=slog), FileSink("pull.dl", rows=dead, log=slog)
+    )
     bound = _with(bound, source=_Source(_PullRaising, decl, bound.source.environment))
     summary = _run_bounded(bound, RunOptions(handle_signals=False))  # no until_idle: only the error ends it
     assert summary.stop_reason == "error"
@@ -238,9 +242,11 @@ def test_a_pull_that_raises_a_non_transient_error_ends_the_run_with_an_error(tmp
 
 
 def test_a_sink_whose_close_raises_ends_the_run_with_an_error(tmp_path: Path) -> None:
-    log, rows, dead = _recorders(tmp_path, "log", "rows", "dead")
-    sink = FileSink("close", rows=rows)
-    bound = _bound(Named(), LoggedSource(tuple(events(3)), log=log), sink, FileSink("close.dl", rows=dead))
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "sink-log")
+    sink = FileSink("close", rows=rows, log=slog)
+    bound = _bound(
+        Named(), LoggedSource(tuple(events(3)), log=log), sink, FileSink("close.dl", rows=dead, log=slog)
+    )
     bound = _with(bound, sink=_Sink(sink, bound.sink.environment))
     summary = _run_bounded(bound)
     assert summary.stop_reason == "error"

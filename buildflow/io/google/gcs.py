@@ -37,6 +37,7 @@ from buildflow.io.google.clients import (
     storage_client,
 )
 from buildflow.io.google.declarations import GCSFileStream
+from buildflow.io.google.iam import add_binding as add_binding
 from buildflow.io.google.pubsub import (
     Decoded,
     PubSubSubscriptionResource,
@@ -207,20 +208,6 @@ class GCSBucketResource(Resource):
             raise cloud_error_line(f"bucket {self.name}: delete", e) from e
         if self.env.name == "emulator":
             CreatedLedger(self.env.state_dir).forget(self.kind, self.name)
-
-
-def add_binding(policy: Any, role: str, member: str) -> bool:
-    """Add ``member`` to ``policy``'s binding for ``role`` (an IAM ``Policy`` message),
-    creating the binding only if the role has none. Returns False when the member was
-    already there (nothing to set), so a rerun never appends a duplicate binding."""
-    for binding in policy.bindings:
-        if binding.role == role and not binding.condition.expression:
-            if member in binding.members:
-                return False
-            binding.members.append(member)
-            return True
-    policy.bindings.add(role=role, members=[member])
-    return True
 
 
 #: Waits (seconds) between attempts to create a notification while the service agent's

@@ -247,7 +247,7 @@ class PubSubSubscriptionResource(Resource):
     def _grant_dead_letter_forwarding(self) -> None:
         if self.dead_letter_topic is None or self.env.name != "gcp" or self.project_number is None:
             return  # the emulator has no IAM
-        from buildflow.io.google.gcs import add_binding
+        from buildflow.io.google.iam import add_binding
 
         agent = pubsub_service_agent(self.project_number())
         for client, resource, role in (
