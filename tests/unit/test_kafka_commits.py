@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +81,8 @@ def source() -> tuple[KafkaSource, FakeConsumer]:
     src = KafkaSource(KafkaTopic(bootstrap_servers="127.0.0.1:9", topic=TOPIC), "group", None)
     fake = FakeConsumer()
     src._consumer = fake
-    src._assigned = True
+    # the group hands this consumer both partitions (what the rebalance callback reports)
+    src._assign(fake, [types.SimpleNamespace(topic=TOPIC, partition=p) for p in (0, 1)])
     return src, fake
 
 
