@@ -18,7 +18,15 @@ from urllib.parse import urlsplit
 from buildflow.environment import Environment
 from buildflow.errors import ServiceUnreachableError
 
-__all__ = ["EMULATOR_ENDPOINT_VARS", "Endpoint", "preflight", "check_endpoints", "kafka_endpoints"]
+__all__ = [
+    "EMULATOR_ENDPOINT_VARS",
+    "Endpoint",
+    "preflight",
+    "check_endpoints",
+    "kafka_endpoints",
+    "host_port",
+    "unreachable",
+]
 
 #: The variables ``python -m infra.stack env`` prints that name a server of the emulator
 #: environment (``host:port`` or ``http://host:port``).
@@ -33,7 +41,9 @@ STACK_FIX = (
 Endpoint = tuple[str, str, int]
 
 
-def _host_port(value: str, default_port: int) -> tuple[str, int] | None:
+def host_port(value: str, default_port: int) -> tuple[str, int] | None:
+    """``host:port`` or ``scheme://host:port`` as ``(host, port)`` (``default_port``, or the
+    scheme's, when none is given); None when ``value`` names no host."""
     value = value.strip()
     if not value:
         return None
@@ -49,7 +59,7 @@ def _host_port(value: str, default_port: int) -> tuple[str, int] | None:
     return parts.hostname, port
 
 
-def _unreachable(endpoint: Endpoint, timeout_s: float) -> str | None:
+def unreachable(endpoint: Endpoint, timeout_s: float) -> str | None:
     """Why nothing answers at ``endpoint``, or None when a TCP connection opens."""
     _, host, port = endpoint
     try:
@@ -75,7 +85,7 @@ def _probe(endpoints: Sequence[Endpoint], timeout_s: float) -> list[str | None]:
     if not endpoints:
         return []
     with concurrent.futures.ThreadPoolExecutor(len(endpoints)) as pool:
-        return list(pool.map(lambda e: _unreachable(e, timeout_s), endpoints))
+        return list(pool.map(lambda e: unreachable(e, timeout_s), endpoints))
 
 
 def _raise_unreachable(endpoints: Sequence[Endpoint], why: Sequence[str | None], fix: str) -> None:
@@ -92,7 +102,7 @@ def kafka_endpoints(bootstrap_servers: str) -> list[Endpoint]:
     """``host:port[,host:port]`` as endpoints (port 9092 when left out)."""
     found = []
     for server in bootstrap_servers.split(","):
-        hp = _host_port(server, 9092)
+        hp = host_port(server, 9092)
         if hp is not None:
             found.append((f"Kafka broker {server.strip()}", *hp))
     return found
@@ -120,7 +130,7 @@ def preflight(
     if environment.name == "emulator":
         endpoints: list[Endpoint] = []
         for var in variables:
-            hp = _host_port(os.environ.get(var, ""), 80)
+            hp = host_port(os.environ.get(var, ""), 80)
             if hp is not None:
                 endpoints.append((f"{var}={os.environ[var]}", *hp))
         what = " / ".join(e[0].split("=", 1)[0] for e in endpoints) or "the variables"

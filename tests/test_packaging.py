@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from buildflow.extras import EXTRAS
+from tests.repo_files import REPO, repository_files
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("buildflow", "models", "processors", "schemas")
 # Files of the packages that the wheel leaves out, each with its reason.
 NOT_SHIPPED = {
@@ -40,17 +40,6 @@ NOT_SHIPPED = {
 }
 # The order the extras are installed in, one after the other into the same venv.
 INSTALL_ORDER = ("kafka", "postgres", "gcp", "ui", "ray", "train")
-
-
-def _tracked() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout.decode()
-    return [p for p in out.split("\0") if p and (REPO / p).is_file()]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -70,7 +59,7 @@ def _run(cmd: list[str], *, timeout: float, cwd: Path | None = None) -> subproce
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
-    for rel in _tracked():
+    for rel in repository_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)
     dist = tmp_path_factory.mktemp("dist")
@@ -161,7 +150,7 @@ def _check(python: Path, extra: str, phase: str) -> str:
 def test_wheel_holds_every_tracked_file_of_the_packages(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {n for n in names if not n.split("/")[0].endswith(".dist-info")}
-    expected = {p for p in _tracked() if p.split("/")[0] in PACKAGES} - NOT_SHIPPED
+    expected = {p for p in repository_files() if p.split("/")[0] in PACKAGES} - NOT_SHIPPED
     assert expected - shipped == set(), f"tracked but not in the wheel: {sorted(expected - shipped)}"
     assert shipped - expected == set(), f"in the wheel but not tracked: {sorted(shipped - expected)}"
     # what a user of the installed package needs besides code

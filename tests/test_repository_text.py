@@ -6,10 +6,9 @@ package's documentation) instead; print paths relative to the current directory.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.repo_files import REPO, repository_files
 
 # The patterns are spelt so that this file does not match them itself.
 FORBIDDEN = {
@@ -21,20 +20,12 @@ ALLOWED: dict[str, str] = {}
 
 
 def _text_files() -> list[Path]:
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout.decode()
     files = []
-    for rel in filter(None, out.split("\0")):
+    for rel in repository_files():
         path = REPO / rel
-        if rel in ALLOWED or not path.is_file() or path.is_symlink():
+        if rel in ALLOWED or path.is_symlink():
             continue
-        head = path.read_bytes()[:8192]
-        if b"\0" not in head:  # binary files (images, checkpoints) have NUL bytes
+        if b"\0" not in path.read_bytes()[:8192]:  # binary files (images, checkpoints) have NUL bytes
             files.append(path)
     return files
 

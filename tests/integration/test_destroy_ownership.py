@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.stack.clients import bq_client, bq_rows, gcs_client
+
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,25 +99,6 @@ def test_local_destroy_force_keeps_a_bucket_folder_that_existed_before_plan(
     assert not created.exists()
 
 
-def _bq() -> Any:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    return bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]),
-    )
-
-
-def _gcs() -> Any:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(project=PROJECT, credentials=AnonymousCredentials())
-
-
 @pytest.mark.slow
 def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
     stack_env: Any, small_app: tuple[Path, dict[str, str]]
@@ -127,10 +110,10 @@ def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
     cwd, env = small_app
     env = {**env, **stack_env.env, "BUILDFLOW_ENV": "emulator"}
     name = env["BUCKET_NAME"]
-    bucket = _gcs().create_bucket(name)
+    bucket = gcs_client().create_bucket(name)
     for obj, data in (("a.jpg", b"aaa"), ("dir/b.jpg", b"bbbbb")):
         bucket.blob(obj).upload_from_string(data, content_type="image/jpeg")
-    generations = {b.name: b.generation for b in _gcs().list_blobs(name)}
+    generations = {b.name: b.generation for b in gcs_client().list_blobs(name)}
 
     planned = cli("plan", "small_app:app", "--yes", env=env, cwd=cwd)
     assert "no change" in planned.stdout
@@ -142,7 +125,7 @@ def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
     table = f"{PROJECT}.ownership_{env['SUFFIX']}.sizes"
     got = {
         r["name"]: (r["size"], r["_event_id"])
-        for r in _bq().query(f"SELECT name, size, _event_id FROM `{table}`").result()
+        for r in bq_rows(f"SELECT name, size, _event_id FROM `{table}`")
     }
     assert got == {
         "a.jpg": (3, f"{name}/a.jpg#{generations['a.jpg']}"),
@@ -152,8 +135,8 @@ def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
 
     gone = cli("destroy", "small_app:app", "--yes", "--force", env=env, cwd=cwd)
     assert "kept" in gone.stdout and "existed before" in gone.stdout
-    assert sorted(b.name for b in _gcs().list_blobs(name)) == ["a.jpg", "dir/b.jpg"]
-    assert _gcs().bucket(name).blob("a.jpg").download_as_bytes() == b"aaa"
+    assert sorted(b.name for b in gcs_client().list_blobs(name)) == ["a.jpg", "dir/b.jpg"]
+    assert gcs_client().bucket(name).blob("a.jpg").download_as_bytes() == b"aaa"
     from google.cloud import pubsub_v1
 
     subs = [
@@ -161,7 +144,7 @@ def test_emulator_backfill_then_destroy_force_keeps_the_users_bucket(
         for s in pubsub_v1.SubscriberClient().list_subscriptions(request={"project": f"projects/{PROJECT}"})
     ]
     assert not [s for s in subs if name in s]
-    assert f"ownership_{env['SUFFIX']}" not in [d.dataset_id for d in _bq().list_datasets()]
+    assert f"ownership_{env['SUFFIX']}" not in [d.dataset_id for d in bq_client().list_datasets()]
     bucket.delete(force=True)
 
 
@@ -172,11 +155,11 @@ def test_emulator_destroy_force_deletes_a_bucket_plan_created(
     cwd, env = small_app
     env = {**env, **stack_env.env, "BUILDFLOW_ENV": "emulator"}
     cli("plan", "small_app:app", "--yes", env=env, cwd=cwd)
-    _gcs().bucket(env["BUCKET_NAME"]).blob("x.jpg").upload_from_string(b"x")
+    gcs_client().bucket(env["BUCKET_NAME"]).blob("x.jpg").upload_from_string(b"x")
     refused = cli("destroy", "small_app:app", "--yes", env=env, cwd=cwd, check=False)
     assert refused.returncode == 1 and "force_destroy" in refused.stdout + refused.stderr
     cli("destroy", "small_app:app", "--yes", "--force", env=env, cwd=cwd)
-    assert _gcs().lookup_bucket(env["BUCKET_NAME"]) is None
+    assert gcs_client().lookup_bucket(env["BUCKET_NAME"]) is None
 
 
 @pytest.mark.slow
@@ -190,9 +173,9 @@ def test_emulator_an_object_overwritten_before_processing_is_skipped_not_dead_le
     cwd, env = small_app
     env = {**env, **stack_env.env, "BUILDFLOW_ENV": "emulator"}
     cli("plan", "small_app:app", "--yes", env=env, cwd=cwd)
-    blob = _gcs().bucket(env["BUCKET_NAME"]).blob("x.jpg")
+    blob = gcs_client().bucket(env["BUCKET_NAME"]).blob("x.jpg")
     blob.upload_from_string(b"first")
-    first = _gcs().bucket(env["BUCKET_NAME"]).get_blob("x.jpg").generation
+    first = gcs_client().bucket(env["BUCKET_NAME"]).get_blob("x.jpg").generation
     blob.upload_from_string(b"second, longer")
     reader = GCSBlobReader(Environment("emulator", cwd), PROJECT, env["BUCKET_NAME"], "x.jpg", first)
     with pytest.raises(ObjectOverwrittenError, match="overwritten by generation"):
@@ -204,7 +187,7 @@ def test_emulator_an_object_overwritten_before_processing_is_skipped_not_dead_le
     got = json.loads(summary.read_text())
     assert (got["rows"], got["dead_letters"]) == (1, 0)
     table = f"{PROJECT}.ownership_{env['SUFFIX']}.sizes"
-    assert [(r["name"], r["size"]) for r in _bq().query(f"SELECT name, size FROM `{table}`").result()] == [
+    assert [(r["name"], r["size"]) for r in bq_rows(f"SELECT name, size FROM `{table}`")] == [
         ("x.jpg", len(b"second, longer"))
     ]
     cli("destroy", "small_app:app", "--yes", "--force", env=env, cwd=cwd)

@@ -19,6 +19,7 @@ import pytest
 from models.labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES
 from models.samples import sample_photos
 from tests.models.sample_images import truncated_jpeg
+from tests.stack.clients import bq_client, bq_rows, gcs_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -51,29 +52,6 @@ def cli(
             f"buildflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
-
-
-def bq() -> Any:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    return bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]),
-    )
-
-
-def gcs() -> Any:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(project=PROJECT, credentials=AnonymousCredentials())
-
-
-def rows(sql: str) -> list[dict[str, Any]]:
-    return [dict(r.items()) for r in bq().query(sql).result()]
 
 
 def wait_for(
@@ -113,15 +91,15 @@ def test_emulator_plan_run_upload_query_destroy(
         text=True,
     )
     try:
-        bucket = gcs().bucket(bucket_name)
+        bucket = gcs_client().bucket(bucket_name)
         photos = sample_photos(require_darknet=True)
         for name, data in photos.items():
             bucket.blob(name).upload_from_string(data, content_type="image/jpeg")
         bucket.blob("broken.jpg").upload_from_string(truncated_jpeg(), content_type="image/jpeg")
 
         def landed() -> bool:
-            n = rows(f"SELECT count(*) AS n FROM `{TABLE}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
-            d = rows(f"SELECT count(*) AS n FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+            n = bq_rows(f"SELECT count(*) AS n FROM `{TABLE}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+            d = bq_rows(f"SELECT count(*) AS n FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
             return n[0]["n"] == len(photos) and d[0]["n"] == 1
 
         wait_for(landed, "rows of every upload", proc=run)
@@ -133,7 +111,7 @@ def test_emulator_plan_run_upload_query_destroy(
     assert summary["rows"] == len(photos) and summary["dead_letters"] == 1
     assert summary["processors"][0]["metrics"]["model_loads"] == replicas
 
-    labels = rows(
+    labels = bq_rows(
         f"SELECT image_name, c.label, c.class_index, c.confidence FROM `{TABLE}`, "
         f"UNNEST(classifications) AS c WHERE STARTS_WITH(event_id, '{bucket_name}/')"
     )
@@ -145,12 +123,12 @@ def test_emulator_plan_run_upload_query_destroy(
     assert {p["class_index"] for p in top["chelsea.jpg"]} & set(CAT_CLASS_INDICES)
     assert top["coffee.jpg"][0]["label"] == "espresso"
     assert top["dog.jpg"][0]["class_index"] in DOG_CLASS_INDICES
-    (dead,) = rows(f"SELECT * FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
+    (dead,) = bq_rows(f"SELECT * FROM `{DEAD}` WHERE STARTS_WITH(event_id, '{bucket_name}/')")
     assert dead["object_name"] == "broken.jpg" and dead["error_type"] == "TruncatedImageError"
 
     gone = cli("destroy", "main:app", "--yes", "--force", env=app_env)
     assert "Deleted" in gone.stdout
-    assert gcs().lookup_bucket(bucket_name) is None
+    assert gcs_client().lookup_bucket(bucket_name) is None
     from google.cloud import pubsub_v1
 
     subs = [
@@ -158,7 +136,7 @@ def test_emulator_plan_run_upload_query_destroy(
         for s in pubsub_v1.SubscriberClient().list_subscriptions(request={"project": f"projects/{PROJECT}"})
     ]
     assert not [s for s in subs if bucket_name in s]
-    datasets = [d.dataset_id for d in bq().list_datasets()]
+    datasets = [d.dataset_id for d in bq_client().list_datasets()]
     assert "image_classification" not in datasets
 
 
@@ -212,7 +190,7 @@ def test_unacked_message_is_redelivered_and_nack_redelivers_at_once(app_env: dic
     resources = provider.resources("redelivery")
     apply(plan(resources))
     try:
-        gcs().bucket(bucket_name).blob("coffee.jpg").upload_from_string(sample_photos()["coffee.jpg"])
+        gcs_client().bucket(bucket_name).blob("coffee.jpg").upload_from_string(sample_photos()["coffee.jpg"])
 
         async def scenario() -> tuple[str, str, str, bytes]:
             first_src = provider.open("redelivery")
@@ -279,7 +257,7 @@ def test_pubsub_messages_carrying_or_pointing_at_images(app_env: dict[str, str],
     (tmp_path / "chelsea.jpg").write_bytes(photos["chelsea.jpg"])
     up = cli("upload", "pubsub_app:app", str(tmp_path / "chelsea.jpg"), env=env, cwd=tmp_path)
     assert "message" in up.stdout
-    bucket = gcs().create_bucket(f"{suffix}-refs")
+    bucket = gcs_client().create_bucket(f"{suffix}-refs")
     bucket.blob("in/coffee.jpg").upload_from_string(photos["coffee.jpg"])
     topic = f"projects/{PROJECT}/topics/images-{suffix}"
     publisher = pubsub_v1.PublisherClient()
@@ -300,14 +278,14 @@ def test_pubsub_messages_carrying_or_pointing_at_images(app_env: dict[str, str],
         assert summary["rows"] == 2 and summary["dead_letters"] == 1
         got = {
             r["image_name"]: r["label"]
-            for r in rows(
+            for r in bq_rows(
                 f"SELECT image_name, classifications[OFFSET(0)].label AS label "
                 f"FROM `{PROJECT}.pubsub_images.predictions`"
             )
         }
         assert got["in/coffee.jpg"] == "espresso"
         assert "chelsea.jpg" in got
-        (dead,) = rows(f"SELECT * FROM `{PROJECT}.pubsub_images.buildflow_dead_letters`")
+        (dead,) = bq_rows(f"SELECT * FROM `{PROJECT}.pubsub_images.buildflow_dead_letters`")
         assert dead["stage"] == "decode" and "empty message" in dead["reason"]
     finally:
         cli("destroy", "pubsub_app:app", "--yes", "--force", env=env, cwd=tmp_path)

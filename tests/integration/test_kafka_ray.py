@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.stack.clients import bq_rows
+
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 pytest.importorskip("ray")
 
@@ -78,22 +80,6 @@ app.add(Work(marks=os.environ["MARKS"]))
 """
 
 
-def bq_rows(stack: Any, sql: str) -> list[dict[str, Any]]:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    client = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=stack.env["BIGQUERY_EMULATOR_HOST"]),
-    )
-    try:
-        return [dict(r.items()) for r in client.query(sql).result()]
-    finally:
-        client.close()
-
-
 def test_two_replicas_share_a_two_partition_topic_and_a_killed_one_loses_and_doubles_nothing(
     stack_env: Any, tmp_path: Path
 ) -> None:
@@ -150,7 +136,7 @@ def test_two_replicas_share_a_two_partition_topic_and_a_killed_one_loses_and_dou
         send(240)
         deadline = time.monotonic() + 240
         while True:
-            [got] = bq_rows(stack_env, f"SELECT count(*) AS n FROM `{table}`")
+            [got] = bq_rows(f"SELECT count(*) AS n FROM `{table}`")
             if got["n"] >= len(sent) and (marks / "died").exists():
                 break
             assert run.poll() is None, run.communicate()
@@ -164,7 +150,7 @@ def test_two_replicas_share_a_two_partition_topic_and_a_killed_one_loses_and_dou
             run.communicate()
     assert run.returncode == 0, err
 
-    rows = bq_rows(stack_env, f"SELECT name, event_id, pid FROM `{table}`")
+    rows = bq_rows(f"SELECT name, event_id, pid FROM `{table}`")
     names = [r["name"] for r in rows]
     assert sorted(names) == sent  # 0 lost, 0 duplicated
     assert len({r["event_id"] for r in rows}) == len(sent)

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from infra.stack import Stack
 from models.training.evaluate import evaluate
 from models.training.train import TrainResult
+from tests.stack.clients import bq_rows
 
 pytestmark = pytest.mark.slow
 
@@ -57,22 +57,6 @@ def _cli(cwd: Path, env: dict[str, str], *args: str) -> str:
         f"buildflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     )
     return proc.stdout
-
-
-def _rows(stack: Stack, sql: str) -> list[dict[str, Any]]:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    client = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=stack.env["BIGQUERY_EMULATOR_HOST"]),
-    )
-    try:
-        return [dict(r.items()) for r in client.query(sql).result()]
-    finally:
-        client.close()
 
 
 def test_pixel_payloads_on_pubsub_stream_at_offline_accuracy_and_bad_arrays_are_dead_lettered(
@@ -120,8 +104,7 @@ def test_pixel_payloads_on_pubsub_stream_at_offline_accuracy_and_bad_arrays_are_
 
     _cli(tmp_path, env, "run", "pixels_app:app", "--until-idle")
 
-    [streamed] = _rows(
-        stack_env,
+    [streamed] = bq_rows(
         "SELECT count(*) AS images, count(true_label) AS labelled, "
         "countif(true_label = predicted_label) AS correct "
         f"FROM `{PROJECT}.{dataset}.predictions`",
@@ -129,7 +112,7 @@ def test_pixel_payloads_on_pubsub_stream_at_offline_accuracy_and_bad_arrays_are_
     report, offline = evaluate(tiny_run.model, split="test", start=0, end=IMAGES)
     assert streamed["images"] == streamed["labelled"] == report["images"] == IMAGES
     assert streamed["correct"] == report["correct"]
-    rows = _rows(stack_env, f"SELECT image_name, predicted_label FROM `{PROJECT}.{dataset}.predictions`")
+    rows = bq_rows(f"SELECT image_name, predicted_label FROM `{PROJECT}.{dataset}.predictions`")
     predicted = {
         int(r["image_name"].rsplit("/", 1)[1].removesuffix(".png")): r["predicted_label"] for r in rows
     }
@@ -137,8 +120,7 @@ def test_pixel_payloads_on_pubsub_stream_at_offline_accuracy_and_bad_arrays_are_
 
     dead = {
         r["object_name"]: r
-        for r in _rows(
-            stack_env,
+        for r in bq_rows(
             "SELECT object_name, reason, error_type, stage "
             f"FROM `{PROJECT}.{dataset}.buildflow_dead_letters`",
         )

@@ -39,8 +39,6 @@ __all__ = [
 
 _LOCK = threading.Lock()
 
-EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
-
 
 def require_emulator_env(env: Environment, *names: str) -> None:
     """In ``emulator``, the stack's variables must be set; elsewhere they must not leak in.

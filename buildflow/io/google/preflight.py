@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from buildflow.environment import Environment
 
@@ -198,11 +196,11 @@ def check_permissions(session: Any, project: str, needed: Mapping[str, str], who
 
 def check_endpoints(env_vars: Mapping[str, str] | None = None, timeout_s: float = 2.0) -> list[Check]:
     """Each emulator variable set, and its server accepting connections."""
-    from buildflow.io.google.clients import EMULATOR_VARS
+    from buildflow.endpoints import EMULATOR_ENDPOINT_VARS, host_port, unreachable
 
     env_vars = os.environ if env_vars is None else env_vars
     checks = []
-    for var in EMULATOR_VARS:
+    for var in EMULATOR_ENDPOINT_VARS:
         value = env_vars.get(var)
         if not value:
             checks.append(
@@ -214,15 +212,13 @@ def check_endpoints(env_vars: Mapping[str, str] | None = None, timeout_s: float 
                 )
             )
             continue
-        parsed = urlparse(value if "://" in value else f"//{value}")
-        host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                checks.append(Check(var, "ok", f"{host}:{port} answers"))
-        except OSError as e:
-            checks.append(
-                Check(var, "fail", f"{host}:{port}: {e.strerror or e}", "python -m infra.stack start")
-            )
+        hp = host_port(value, 80) or ("127.0.0.1", 80)
+        reason = unreachable((var, *hp), timeout_s)
+        where = f"{hp[0]}:{hp[1]}"
+        if reason is None:
+            checks.append(Check(var, "ok", f"{where} answers"))
+        else:
+            checks.append(Check(var, "fail", f"{where}: {reason}", "python -m infra.stack start"))
     return checks
 
 
@@ -257,10 +253,10 @@ def run_checks(
         return [Check("environment", "ok", "local: nothing to check")]
     if env.name == "emulator":
         return check_endpoints()
-    from buildflow.io.google.clients import EMULATOR_VARS
+    from buildflow.endpoints import EMULATOR_ENDPOINT_VARS
 
     checks: list[Check] = []
-    leaked = [v for v in EMULATOR_VARS if os.environ.get(v)]
+    leaked = [v for v in EMULATOR_ENDPOINT_VARS if os.environ.get(v)]
     if leaked:
         checks.append(
             Check("emulator variables", "fail", f"{', '.join(leaked)} set", f"unset {' '.join(leaked)}")
