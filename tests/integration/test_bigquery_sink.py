@@ -167,14 +167,16 @@ def counts(table_id: str) -> tuple[int, int]:
 
 
 def test_write_mode_is_validated_and_defaults_to_merge() -> None:
-    assert BigQueryTable("d.t").write_mode == "merge"
+    # the default is now the Storage Write API ("upsert"); merge is an opt-in
+    assert BigQueryTable("d.t").write_mode == "upsert"
     with pytest.raises(ConfigurationError) as info:
-        BigQueryTable("d.t", write_mode="upsert")
-    assert "write_mode" in str(info.value) and "'upsert'" in str(info.value)
+        BigQueryTable("d.t", write_mode="replace")  # type: ignore[arg-type]
+    assert "write_mode" in str(info.value) and "'replace'" in str(info.value)
     assert "'merge'" in str(info.value) and "'insert_id'" in str(info.value)
     fast = BigQueryTable("p-roject.d.t", write_mode="insert_id")
     assert fast.dead_letter_sibling().write_mode == "insert_id"
     assert "insert_id" in fast.describe() and "write_mode" not in BigQueryTable("d.t").describe()
+    assert "write_mode='merge'" in BigQueryTable("d.t", write_mode="merge").describe()
 
 
 # --- merge: round trip and exactly-once -------------------------------------------------

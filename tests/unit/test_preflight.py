@@ -126,7 +126,12 @@ def test_permissions_check_names_the_role_for_each_missing_permission() -> None:
 
 def test_endpoints_check_against_the_stack(stack_env: Any) -> None:
     checks = check_endpoints()
-    assert [c.status for c in checks] == ["ok", "ok", "ok"]
+    assert [(c.what, c.status) for c in checks] == [
+        ("PUBSUB_EMULATOR_HOST", "ok"),
+        ("STORAGE_EMULATOR_HOST", "ok"),
+        ("BIGQUERY_EMULATOR_HOST", "ok"),
+        ("BUILDFLOW_BIGQUERY_STORAGE_HOST", "ok"),  # the Storage Write API's gRPC port
+    ]
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -143,6 +148,7 @@ def test_doctor_cli_without_credentials_in_gcp_says_how_to_log_in(tmp_path: Path
             "PUBSUB_EMULATOR_HOST",
             "STORAGE_EMULATOR_HOST",
             "BIGQUERY_EMULATOR_HOST",
+            "BUILDFLOW_BIGQUERY_STORAGE_HOST",
             "GOOGLE_CLOUD_PROJECT",
         )
     }

@@ -5,7 +5,8 @@ turned into one clear line with the fix.
   service account); the project comes from the declaration, else from ADC.
 * ``emulator``: the local stack (``python -m infra.stack start``) and the variables it
   prints: ``PUBSUB_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST``,
-  ``BUILDFLOW_GCS_EVENTS_TOPIC``. Anonymous credentials.
+  ``BUILDFLOW_BIGQUERY_STORAGE_HOST`` (the BigQuery emulator's gRPC ``host:port``, for the
+  Storage Write API), ``BUILDFLOW_GCS_EVENTS_TOPIC``. Anonymous credentials.
 
 Clients are created lazily, once per process and environment (they are thread-safe), so
 declarations and providers stay picklable.
@@ -28,6 +29,7 @@ __all__ = [
     "pubsub_subscriber",
     "storage_client",
     "bigquery_client",
+    "bigquery_write_client",
     "cloud_error_line",
     "require_emulator_env",
     "gcs_events_topic",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 _LOCK = threading.Lock()
+BIGQUERY_STORAGE_HOST_VAR = "BUILDFLOW_BIGQUERY_STORAGE_HOST"
+"""``host:port`` of the BigQuery emulator's gRPC API (Storage Write), set by the local stack."""
 
 
 def require_emulator_env(env: Environment, *names: str) -> None:
@@ -158,6 +162,16 @@ def _client(kind: str, env_name: str, project: str | None) -> Any:
                 ),
             )
         return bigquery.Client(project=project)
+    if kind == "bigquery_write":
+        storage_v1 = _import("google.cloud.bigquery_storage_v1")
+        if env_name == "emulator":
+            grpc = _import("grpc")
+            transports = _import("google.cloud.bigquery_storage_v1.services.big_query_write.transports")
+            channel = grpc.insecure_channel(os.environ[BIGQUERY_STORAGE_HOST_VAR])
+            return storage_v1.BigQueryWriteClient(
+                transport=transports.BigQueryWriteGrpcTransport(channel=channel)
+            )
+        return storage_v1.BigQueryWriteClient()
     raise ValueError(kind)
 
 
@@ -185,6 +199,12 @@ def storage_client(env: Environment, project: str | None) -> Any:
 def bigquery_client(env: Environment, project: str | None) -> Any:
     """A ``bigquery.Client`` for ``project``."""
     return _get("bigquery", env, project, "BIGQUERY_EMULATOR_HOST")
+
+
+def bigquery_write_client(env: Environment) -> Any:
+    """A ``bigquery_storage_v1.BigQueryWriteClient`` (Storage Write API, gRPC); in
+    ``emulator`` over a plaintext channel to ``BUILDFLOW_BIGQUERY_STORAGE_HOST``."""
+    return _get("bigquery_write", env, None, BIGQUERY_STORAGE_HOST_VAR)
 
 
 _FIXES = {

@@ -21,6 +21,7 @@ __all__ = [
     "GCSFileStream",
     "BigQueryTable",
     "BigQueryWriteMode",
+    "STORAGE_WRITE_MODES",
     "PubSubSubscription",
     "DEAD_LETTER_TABLE_NAME",
 ]
@@ -32,9 +33,11 @@ _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
-BigQueryWriteMode = Literal["merge", "insert_id"]
+BigQueryWriteMode = Literal["upsert", "append", "merge", "insert_id"]
 """How :class:`BigQueryTable` writes rows in ``gcp``/``emulator`` (see its docstring)."""
 _WRITE_MODES: tuple[str, ...] = get_args(BigQueryWriteMode)
+STORAGE_WRITE_MODES: tuple[str, ...] = ("upsert", "append")
+"""The write modes that append through the BigQuery Storage Write API."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,43 +120,52 @@ class BigQueryTable(SinkDeclaration):
     created before they existed gets them as an in-place update): together they are the
     row's idempotency key.
 
-    Write modes (``gcp``/``emulator``; ``local`` is always exactly-once):
+    Write modes (``gcp``/``emulator``; ``local`` is always exactly-once), compared with
+    figures in the README ("BigQuery write modes"):
 
-    * ``"merge"`` (default), **exactly-once**: each micro-batch is one DML statement,
-      ``MERGE ... USING UNNEST(@rows) ... ON (_event_id, _row_index) WHEN NOT MATCHED THEN
-      INSERT``, so a redelivered event's rows are skipped however late it comes back: after
-      a crash, a restart, a redeploy, days later. The cost is a query job per batch (about
-      1-2 s on BigQuery, against ~100 ms for a streaming insert, so roughly
-      ``max_batch_size / 1.5 s`` rows/s per runner) and BigQuery's DML limits ("Quotas
-      and limits": per table 2 MERGEs at a time, 20 queued, 25 DML statements every 10 s).
-      Pick it unless latency or throughput matters more than a duplicate row.
-    * ``"insert_id"``, best effort, lowest latency: the legacy streaming API
-      (``insertAll``) with the insertId ``<event_id>/<row_index>``; BigQuery drops a
-      repeated insertId only within about a minute ("Streaming data into BigQuery",
-      best-effort de-duplication), so a redelivery after a crash or a long outage shows up
-      as a duplicate row (de-duplicate at query time on ``_event_id, _row_index``).
+    * ``"upsert"`` (default): the Storage Write API's default stream, rows as protobuf,
+      each a change-data-capture ``UPSERT`` on the table's
+      ``PRIMARY KEY (_event_id, _row_index) NOT ENFORCED``: BigQuery keeps one row per key
+      however often an event is redelivered or two replicas race, applying the changes in
+      the background within ``max_staleness_minutes`` ("Stream table updates with change
+      data capture", https://cloud.google.com/bigquery/docs/change-data-capture). No query
+      job, no DML limits; needs only ``roles/bigquery.dataEditor``.
+    * ``"append"``: the same stream, plain appends (at-least-once: a redelivered event's
+      rows are there twice). Query the view ``<table>_dedup`` that ``plan`` creates (one
+      row per key, the latest by ``_written_at``), as also for ``upsert``.
+    * ``"merge"`` (opt-in, small tables): one ``MERGE ... WHEN NOT MATCHED THEN INSERT``
+      query job per micro-batch. Each bills the key columns of the whole table (10 MB
+      minimum) and BigQuery runs 2 per table at a time ("Quotas and limits",
+      https://cloud.google.com/bigquery/quotas#data-manipulation-language-statements);
+      a job that times out is cancelled (and waited for) before the batch is retried.
+    * ``"insert_id"`` (legacy): ``insertAll`` with the insertId ``<event_id>/<row_index>``,
+      de-duplicated by BigQuery on a best-effort basis for about a minute only.
 
-    Storage Write API offsets are not offered: they make writes exactly-once only within
-    one stream, and a restarted runner opens a new stream (see
-    :mod:`buildflow.io.google.bigquery`).
+    ``upsert`` and ``append`` tables also get ``_written_at TIMESTAMP`` (when the row was
+    appended), are partitioned by day on it and clustered by ``_event_id``.
 
     Args:
         table_id: ``project.dataset.table`` or ``dataset.table``.
         destroy_protection: ``destroy`` refuses to delete the table (and its dead-letter
             table) unless run with ``--force``. On by default: tables hold results.
-        write_mode: ``"merge"`` (exactly-once, default) or ``"insert_id"`` (best effort).
+        write_mode: ``"upsert"`` (default), ``"append"``, ``"merge"`` or ``"insert_id"``.
             The dead-letter table beside it is written the same way.
+        max_staleness_minutes: ``upsert`` only: the table's ``max_staleness``, how old the
+            applied state a query reads may be (older changes are merged at query time, at
+            extra cost). Default 15; None leaves it unset (every query merges all pending
+            changes).
         location: Where ``plan`` creates the dataset (``gcp``), e.g. ``"EU"``; None takes
             the app's other declared location, else BigQuery's default (``US``).
 
     Raises:
-        ConfigurationError: ``table_id`` is malformed, or ``write_mode`` is not one of the
-            values above.
+        ConfigurationError: ``table_id`` is malformed, ``write_mode`` is not one of the
+            values above, or ``max_staleness_minutes`` is negative.
     """
 
     table_id: str
     destroy_protection: bool = True
-    write_mode: BigQueryWriteMode = "merge"
+    write_mode: BigQueryWriteMode = "upsert"
+    max_staleness_minutes: int | None = 15
     location: str | None = None
 
     def __post_init__(self) -> None:
@@ -170,8 +182,18 @@ class BigQueryTable(SinkDeclaration):
         if self.write_mode not in _WRITE_MODES:
             raise ConfigurationError(
                 f"BigQueryTable({self.table_id!r}): invalid write_mode {self.write_mode!r}: "
-                "expected 'merge' (exactly-once, the default) or 'insert_id' (best-effort "
-                "de-duplication, lower latency)."
+                "expected 'upsert' (Storage Write API + CDC upserts, the default), 'append' "
+                "(Storage Write API, de-duplicate through the <table>_dedup view), 'merge' "
+                "(a MERGE job per batch, small tables) or 'insert_id' (legacy insertAll)."
+            )
+        if self.max_staleness_minutes is not None and (
+            isinstance(self.max_staleness_minutes, bool)
+            or not isinstance(self.max_staleness_minutes, int)
+            or self.max_staleness_minutes < 0
+        ):
+            raise ConfigurationError(
+                f"BigQueryTable({self.table_id!r}): max_staleness_minutes="
+                f"{self.max_staleness_minutes!r}: expected a whole number of minutes >= 0, or None."
             )
         _check_location(self.describe(), self.location)
 
@@ -189,7 +211,7 @@ class BigQueryTable(SinkDeclaration):
         return self.table_id.split(".")[-1]
 
     def describe(self) -> str:
-        mode = "" if self.write_mode == "merge" else f", write_mode={self.write_mode!r}"
+        mode = "" if self.write_mode == "upsert" else f", write_mode={self.write_mode!r}"
         return f"BigQueryTable({self.table_id!r}{mode})"
 
     def dead_letter_sibling(self) -> BigQueryTable:
@@ -198,6 +220,7 @@ class BigQueryTable(SinkDeclaration):
             table_id=f"{prefix}.{DEAD_LETTER_TABLE_NAME}",
             destroy_protection=self.destroy_protection,
             write_mode=self.write_mode,
+            max_staleness_minutes=self.max_staleness_minutes,
             location=self.location,
         )
 
