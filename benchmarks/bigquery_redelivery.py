@@ -5,13 +5,15 @@ but the runner dies before it hears back, so the events are never acked and come
 For each mode, through the local emulator stack (started and stopped by the script):
 
 1. ``plan`` an app (the image classifier, GCSFileStream with a 10 s ack deadline, the
-   BigQueryTable in that write mode) and upload N distinct photos;
-2. ``buildflow run`` until the first rows are in BigQuery;
-3. pause the BigQuery server (SIGSTOP) until the runner's next write waits in the
-   server's socket (``/proc/net/tcp``: unread bytes at the server's end), then pause the
-   runner and resume the server: it commits the write and its answer waits, unread, at
-   the runner's end;
-4. ``kill -9`` the runner: its events were written but never acked;
+   BigQueryTable in that write mode) and upload the first half of N photos;
+2. ``buildflow run``, its BigQuery writes sent through a holding TCP proxy
+   (:class:`benchmarks.holding_proxy.HoldingProxy`), until every photo of the first half
+   has its row;
+3. arm the proxy and upload the second half: the runner's next write (a ``MERGE`` job,
+   or an AppendRows request in the Storage Write modes) reaches the server, and from then
+   on no answer reaches the runner; wait until the server shows that write's rows;
+4. ``kill -9`` the runner: its events were written but never acked (no timing involved:
+   the write cannot happen before the proxy is armed, and its answer cannot arrive);
 5. ``buildflow run --until-idle`` again (as often as needed, until every upload has its
    row and a run that started after the dead runner's leases expired found nothing more):
    Pub/Sub redelivers every event the dead runner had not acked;
@@ -20,8 +22,8 @@ For each mode, through the local emulator stack (started and stopped by the scri
    Storage Write modes ``upsert`` and ``append`` (bqemulator applies no CDC upserts, so
    the raw table keeps both copies of a rewritten row; ``raw rows`` counts them).
 
-In the Storage Write modes the runner's writes go to the server's gRPC port, where step 3
-watches for the waiting request.
+In the Storage Write modes the runner's writes go to the server's gRPC port, which is
+the one proxied then; the restarted runs talk to the server directly.
 
 Columns: ``events`` (uploads), ``at kill`` (uploads with a row when the runner was
 killed), ``rewritten`` (rows the restarted runs wrote for events that already had their
@@ -39,7 +41,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -109,35 +110,28 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float, proc: An
     return True
 
 
-def _unread(port: int, *, at_server: bool) -> bool:
-    """True when a TCP connection to 127.0.0.1:``port`` holds bytes not read yet: at the
-    server's end (a request waiting for the paused server) or at the client's end (an
-    answer waiting for the paused client). Linux ``/proc/net/tcp``."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        end = fields[1] if at_server else fields[2]
-        if int(end.split(":")[1], 16) == port and fields[3] in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT
-            if int(fields[4].split(":")[1], 16) > 0:  # rx_queue
-                return True
-    return False
-
-
 def run_scenario(
     mode: str,
     *,
     env: dict[str, str],
-    bigquery_pid: int,
     workdir: Path,
     project: str = "buildflow-local",
     images: int = 64,
     log: Callable[[str], None] = lambda s: None,
 ) -> Outcome:
     """Run the kill -9 scenario (module docstring) for one write mode; ``env`` holds the
-    stack's variables, ``bigquery_pid`` is the BigQuery server's PID (paused and resumed)."""
+    stack's variables.
+
+    Raises:
+        RuntimeError: a step did not happen within its bound (each is named), or a CLI
+            command failed.
+    """
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery, storage
 
+    from benchmarks.holding_proxy import HoldingProxy
+    from buildflow.endpoints import host_port
     from models.samples import sample_photos
 
     t0 = time.monotonic()
@@ -177,8 +171,11 @@ def run_scenario(
     def keys(of: str = source) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in bq.query(f"SELECT _event_id, _row_index FROM `{of}`").result()]
 
-    def count() -> int:
-        return len(keys())
+    def uploads_with_rows() -> int:
+        return len({k[0] for k in keys()})
+
+    def raw_count() -> int:
+        return int(next(iter(bq.query(f"SELECT COUNT(*) FROM `{table}`").result()))[0])
 
     cli("plan", "redelivery_app:app", "--yes")
     try:
@@ -189,46 +186,55 @@ def run_scenario(
         )
         bucket = gcs.bucket(bucket_name)
         photos = list(sample_photos().items())
-        for i in range(images):
-            name, data = photos[i % len(photos)]
-            bucket.blob(f"p{i:04d}_{name}").upload_from_string(data, content_type="image/jpeg")
-        log(f"{mode}: {images} uploads")
 
-        with open(workdir / f"run-{mode}.log", "w") as out:
-            runner = subprocess.Popen(
-                [*CLI, "run", "redelivery_app:app", "--log-level", "info"],
-                cwd=workdir,
-                env=run_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        endpoint = env["BUILDFLOW_BIGQUERY_STORAGE_HOST"] if storage_write else env["BIGQUERY_EMULATOR_HOST"]
-        port = int(endpoint.rsplit(":", 1)[1])
-        stopped = False
+        def upload(first: int, last: int) -> None:
+            for i in range(first, last):
+                name, data = photos[i % len(photos)]
+                bucket.blob(f"p{i:04d}_{name}").upload_from_string(data, content_type="image/jpeg")
+
+        half = images // 2
+        upload(0, half)
+        log(f"{mode}: {half} uploads")
+
+        variable = "BUILDFLOW_BIGQUERY_STORAGE_HOST" if storage_write else "BIGQUERY_EMULATOR_HOST"
+        upstream = host_port(env[variable], 80)
+        if upstream is None:
+            raise RuntimeError(f"{variable}={env[variable]!r} names no host:port")
+        marker = b"/streams/_default" if storage_write else b"MERGE "
+        proxy = HoldingProxy(*upstream, marker=marker).start()
+        address = proxy.address if storage_write else f"http://{proxy.address}"
         try:
-            if not _wait_for(lambda: count() >= 1, "the first rows", 240, runner):
-                raise RuntimeError("no row arrived within 240 s")
-            os.kill(bigquery_pid, signal.SIGSTOP)
-            stopped = True
-            if not _wait_for(lambda: _unread(port, at_server=True), "a write", 60, runner):
-                raise RuntimeError("no write reached the paused BigQuery server within 60 s")
-            os.kill(runner.pid, signal.SIGSTOP)  # the runner can neither hear back nor ack
-            os.kill(bigquery_pid, signal.SIGCONT)
-            stopped = False
-            if not _wait_for(lambda: _unread(port, at_server=False), "the answer", 60):
-                raise RuntimeError("the BigQuery server did not answer the paused runner within 60 s")
-            # The write is committed; its answer waits, unread, in the paused runner's socket.
+            with open(workdir / f"run-{mode}.log", "w") as out:
+                runner = subprocess.Popen(
+                    [*CLI, "run", "redelivery_app:app", "--log-level", "info"],
+                    cwd=workdir,
+                    env={**run_env, variable: address},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                if not _wait_for(lambda: uploads_with_rows() >= half, "the first half's rows", 240, runner):
+                    raise RuntimeError(f"the first {half} uploads did not all get their row within 240 s")
+                proxy.arm()
+                at_arm = raw_count()
+                upload(half, images)
+                log(f"{mode}: {images - half} more uploads, the proxy armed")
+                if not _wait_for(proxy.caught.is_set, "a write", 240, runner):
+                    raise RuntimeError("no write of the second half reached the proxy within 240 s")
+                if not _wait_for(lambda: raw_count() > at_arm, "the held write's rows", 120, runner):
+                    raise RuntimeError("the server did not apply the held write within 120 s")
+                # The write is applied; its answer is held by the proxy: the runner never acks.
+            finally:
+                runner.kill()  # SIGKILL: no drain, no nack
+                runner.wait(timeout=60)
         finally:
-            runner.kill()  # SIGKILL: no drain, no nack
-            runner.wait(timeout=60)
-            if stopped:
-                os.kill(bigquery_pid, signal.SIGCONT)
-        resumed = time.monotonic()
-        before = len({k[0] for k in keys()})
+            proxy.close()
+        killed = time.monotonic()
+        before = uploads_with_rows()
         log(f"{mode}: killed; {before} uploads have their row")
 
         # Restart until every upload has its row and a run that began after the dead
-        # runner's leases expired (ack deadline after Pub/Sub resumed) found nothing more.
+        # runner's leases expired (the ack deadline after the kill) found nothing more.
         restarts, rewritten_total = 0, 0
         deadline = time.monotonic() + 240
         while True:
@@ -237,8 +243,8 @@ def run_scenario(
             cli("run", "redelivery_app:app", "--until-idle", "--summary-json", str(summary))
             restarts += 1
             rewritten_total += json.loads(summary.read_text())["rows"]
-            covered = len({k[0] for k in keys()}) >= images
-            done = covered and started > resumed + ACK_DEADLINE_S + 1
+            covered = uploads_with_rows() >= images
+            done = covered and started > killed + ACK_DEADLINE_S + 1
             if done or time.monotonic() > deadline:
                 break
         got = keys()
@@ -289,7 +295,6 @@ def main() -> None:
                     run_scenario(
                         mode,
                         env=dict(stack.env),
-                        bigquery_pid=stack.pids["bigquery"],
                         workdir=Path(tmp) / mode,
                         project=stack.project,
                         images=args.images,

@@ -416,16 +416,17 @@ def test_plan_creates_then_reports_no_change(env: Environment, dataset: str) -> 
 
 
 def test_kill_9_then_restart_leaves_exactly_one_row_per_upload(local_stack: Any, tmp_path: Path) -> None:
-    """The app runs in the emulator env; the runner is SIGKILLed while its MERGE waits in
-    the paused BigQuery server, which commits it once resumed: those events were written
-    but never acked. Restarted with --until-idle until the redeliveries are through, no
-    row is duplicated (merge mode) and none is lost."""
+    """The app runs in the emulator env with ``write_mode="merge"``; the runner is SIGKILLed
+    once a MERGE of the second half of the uploads was applied by the server while a
+    holding proxy keeps its answer from the runner: those events were written but never
+    acked (no timing: the proxy is armed before those uploads exist). Restarted with
+    --until-idle until the redeliveries are through, no row is duplicated and none is
+    lost."""
     from benchmarks.bigquery_redelivery import run_scenario
 
     outcome = run_scenario(
         "merge",
         env=dict(local_stack.env),
-        bigquery_pid=local_stack.pids["bigquery"],
         workdir=tmp_path,
         project=PROJECT,
         images=48,

@@ -247,16 +247,14 @@ def test_a_request_refused_without_row_errors_is_bisected_down_to_the_bad_row(
 # --- kill -9 and redelivery, end to end ---------------------------------------------------
 
 
-@pytest.mark.skip(
-    reason="not reliable yet: the runner had written every row before the BigQuery server was "
-    "paused, so no AppendRows request was caught in flight (run it by hand with -p no:skip...)"
-)
 def test_kill_9_mid_stream_then_restart_loses_nothing_and_the_view_has_no_duplicate(
     local_stack: Any, tmp_path: Path
 ) -> None:
     """The app runs in the emulator env with the default write mode; the runner is
-    SIGKILLed while an AppendRows request waits in the paused BigQuery server, which
-    appends it once resumed: those events were written but never acked. Restarted with
+    SIGKILLed once an AppendRows request of the second half of the uploads was appended
+    by the server while a holding proxy keeps its answer from the runner: those events
+    were written but never acked (no timing: the proxy is armed before those uploads
+    exist). Restarted with
     --until-idle until the redeliveries are through: the raw table holds the rewritten
     rows twice (bqemulator applies no CDC), the ``_dedup`` view, which users query where
     CDC is not there to merge, one row per key; no upload is lost."""
@@ -265,7 +263,6 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_the_view_has_no_duplic
     outcome = run_scenario(
         "upsert",
         env=dict(local_stack.env),
-        bigquery_pid=local_stack.pids["bigquery"],
         workdir=tmp_path,
         project=PROJECT,
         images=48,
