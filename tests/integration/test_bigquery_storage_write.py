@@ -13,7 +13,9 @@ sent again; the same server records the request shapes (one connection per sink,
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -271,3 +273,102 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_the_view_has_no_duplic
     assert outcome.raw_rows > outcome.rows, f"the raw table shows no redelivered row twice: {outcome}"
     assert outcome.duplicates == 0 and outcome.lost == 0, outcome
     assert outcome.rows == outcome.events == 48, outcome
+
+
+# --- a whole run in `emulator`: the sink's writes start no query job ----------------------
+
+RUN_APP = """
+import dataclasses, os
+import buildflow
+from buildflow.io import BigQueryTable, GCSFileEvent, GCSFileStream
+
+
+@dataclasses.dataclass
+class Size:
+    object_name: str
+    size: int
+
+
+class Sizes(buildflow.Processor):
+    name = "object_sizes"
+
+    def source(self):
+        return GCSFileStream(
+            project_id="buildflow-local", bucket_name=os.environ["BUCKET_NAME"], force_destroy=True
+        )
+
+    def sink(self):
+        return BigQueryTable(
+            table_id=os.environ["TABLE_ID"], destroy_protection=False, write_mode=os.environ["WRITE_MODE"]
+        )
+
+    def process(self, event: GCSFileEvent) -> Size:
+        return Size(event.name, event.size)
+
+
+app = buildflow.Node()
+app.add(Sizes())
+"""
+
+
+def query_jobs() -> list[str]:
+    """The query text of every job the stack's BigQuery server knows (its ``jobs.list``)."""
+    return [str(getattr(j, "query", None) or j.job_type) for j in bq().list_jobs(all_users=True)]
+
+
+@pytest.mark.parametrize("mode", ["upsert", "append", "merge"])
+def test_a_run_in_emulator_writes_through_the_storage_write_api_without_query_jobs(
+    stack_env: Any, tmp_path: Path, mode: str
+) -> None:
+    """``buildflow plan`` then ``buildflow run --until-idle`` of a small app in ``emulator``:
+    with a Storage Write mode no job appears on the BigQuery server while the run writes its
+    rows; with ``merge`` (the control) the same run's MERGE jobs do appear, so the count
+    would see them."""
+    import subprocess
+    import sys
+
+    from tests.stack.clients import gcs_client
+
+    suffix = f"{os.getpid()}{time.monotonic_ns() % 10**8}"
+    table_id = f"{PROJECT}.nojobs_{mode}_{suffix}.sizes"
+    env = {
+        **os.environ,
+        **stack_env.env,
+        "BUILDFLOW_ENV": "emulator",
+        "BUCKET_NAME": f"nojobs-{mode}-{suffix}",
+        "TABLE_ID": table_id,
+        "WRITE_MODE": mode,
+    }
+    (tmp_path / "sizes_app.py").write_text(RUN_APP)
+
+    def cli(*args: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "buildflow.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, f"buildflow {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+
+    cli("plan", "sizes_app:app", "--yes")
+    try:
+        bucket = gcs_client().bucket(env["BUCKET_NAME"])
+        for i in range(3):
+            bucket.blob(f"f{i}.bin").upload_from_string(b"x" * (i + 1))
+        before = query_jobs()
+        cli("run", "sizes_app:app", "--until-idle", "--summary-json", str(tmp_path / "summary.json"))
+        started = list((collections.Counter(query_jobs()) - collections.Counter(before)).elements())
+        assert json.loads((tmp_path / "summary.json").read_text())["rows"] == 3
+        if mode == "merge":  # the control: the same count sees a run's query jobs
+            assert any(j.startswith(f"MERGE `{table_id}`") for j in started), started
+        else:
+            assert started == [], f"the run started query jobs: {started}"
+        source = f"{table_id}_dedup" if mode != "merge" else table_id
+        got = sorted(
+            (r["object_name"], r["size"]) for r in query(f"SELECT object_name, size FROM `{source}`")
+        )
+        assert got == [("f0.bin", 1), ("f1.bin", 2), ("f2.bin", 3)]
+    finally:
+        cli("destroy", "sizes_app:app", "--yes", "--force")
