@@ -1,0 +1,266 @@
+"""End to end: ``buildflow run`` of an app whose source is an :class:`~buildflow.io.HTTPEndpoint`,
+as a real subprocess, asked by a real HTTP client (httpx).
+
+The mechanics run on a model-free app (:mod:`tests.integration.http_toy_app`): its batches cost
+200 ms, as a model's would, so concurrent requests queue behind a batch and form the next
+micro-batch, and every row records the size of its micro-batch. One test runs the shipped
+:class:`processors.ImageClassificationProcessor` on real photos (slow: it loads the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from buildflow.environment import Environment
+from buildflow.io import DuckDBTable
+from buildflow.io.local.duckdb_sink import DuckDBTableProvider
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDFLOW = [sys.executable, "-m", "buildflow.cli"]
+TOY_APP = "tests/integration/http_toy_app.py:app"
+TOKEN = "s3cret-token-for-the-endpoint"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, "BUILDFLOW_LOG_LEVEL": "info", "COLUMNS": "200"}
+    for k in ("BUILDFLOW_ENV", "BUILDFLOW_HTTP_TOKEN"):
+        env.pop(k, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**env, **(extra or {})}
+
+
+@dataclasses.dataclass
+class EndpointRun:
+    """A running ``buildflow run`` with an endpoint: its URL, state folder, output so far."""
+
+    url: str
+    state: Path
+    proc: subprocess.Popen[str]
+    lines: list[str]
+    reader: threading.Thread
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        """Ctrl-C (drain and exit), then wait; a kill if it hangs. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def _plan(app: str, state: Path, env: dict[str, str] | None = None) -> None:
+    planned = subprocess.run(
+        [*BUILDFLOW, "plan", app, "--yes", "--state-dir", str(state)],
+        cwd=REPO,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+
+
+def _start(app: str, state: Path, env: dict[str, str] | None = None, timeout_s: float = 180) -> EndpointRun:
+    proc = subprocess.Popen(
+        [*BUILDFLOW, "run", app, "--no-progress", "--state-dir", str(state)],
+        cwd=REPO,
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
+    run = EndpointRun("", state, proc, lines, reader)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = run.output
+        m = re.search(r"^endpoint: (http://127\.0\.0\.1:\d+/\S+)", text, re.M)
+        if m and re.search(r"ready: setup\(\) took", text):  # the model is loaded: requests flow
+            run.url = m.group(1)
+            return run
+        if proc.poll() is not None:
+            run.stop()
+            raise AssertionError(f"buildflow run exited {proc.returncode}:\n{run.output}")
+        time.sleep(0.05)
+    run.stop()
+    raise AssertionError(f"no endpoint ready within {timeout_s} s:\n{run.output}")
+
+
+@pytest.fixture
+def endpoint_runs(tmp_path: Path) -> Iterator[Callable[..., EndpointRun]]:
+    """Plan and start an app (``buildflow run``); every run started is stopped at the end."""
+    started: list[EndpointRun] = []
+
+    def start(app: str = TOY_APP, env: dict[str, str] | None = None) -> EndpointRun:
+        state = tmp_path / f"state{len(started)}"
+        _plan(app, state, env)
+        run = _start(app, state, env)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def image_bytes(size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "teal").save(buf, fmt)
+    return buf.getvalue()
+
+
+def _query(state: Path, table: str, sql: str) -> list[tuple[Any, ...]]:
+    """Read the run's DuckDB warehouse (while it runs: the sink lets readers in between writes)."""
+    provider = DuckDBTableProvider(DuckDBTable(table), Environment(name="local", state_dir=state))
+    return provider.query(sql)[1]
+
+
+async def _post_all(url: str, bodies: list[tuple[bytes, str]], **kwargs: Any) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, **kwargs) as client:
+        return list(
+            await asyncio.gather(*(client.post(url, content=b, headers={"content-type": t}) for b, t in bodies))
+        )
+
+
+def test_concurrent_requests_get_their_own_rows_micro_batched_written_before_the_answer(
+    endpoint_runs: Callable[..., EndpointRun],
+) -> None:
+    run = endpoint_runs()
+    truncated = image_bytes((50, 50))[:300]  # a JPEG header, then nothing: Pillow cannot decode it
+    sizes = [(20 + i, 40 - i) for i in range(24)]
+    bodies = [(image_bytes(s), "image/jpeg") for s in sizes]
+    bodies.insert(7, (truncated, "image/jpeg"))
+    responses = asyncio.run(_post_all(run.url, bodies))
+
+    bad = responses.pop(7)
+    assert bad.status_code == 422, bad.text
+    failure = bad.json()
+    assert failure["stage"] == "process" and failure["error_type"] == "OSError", failure
+    assert failure["dead_letter"]["event_id"] == failure["event_id"] and failure["detail"]
+
+    for (w, h), r in zip(sizes, responses):
+        assert r.status_code == 200, r.text
+        (row,) = r.json()["rows"]
+        assert (row["width"], row["height"]) == (w, h)  # its own image's row, not a neighbour's
+        assert row["event_id"] == r.json()["event_id"]
+    batch_sizes = [r.json()["rows"][0]["batch_size"] for r in responses]
+    assert max(batch_sizes) > 1, batch_sizes  # requests waiting behind a batch went together
+    # Every answer came after its row was written: the sink has them all now, once each.
+    ids = [r.json()["event_id"] for r in responses]
+    written = _query(run.state, "http_toy.shapes", "SELECT event_id, width, height FROM http_toy.shapes")
+    assert sorted(written) == sorted((i, w, h) for i, (w, h) in zip(ids, sizes))
+    dead = _query(
+        run.state,
+        "http_toy.buildflow_dead_letters",
+        "SELECT event_id, stage, error_type FROM http_toy.buildflow_dead_letters",
+    )
+    assert dead == [(failure["event_id"], "process", "OSError")]
+    assert run.stop() == 0, run.output
+
+
+def test_multipart_raw_body_and_the_guards(endpoint_runs: Callable[..., EndpointRun]) -> None:
+    run = endpoint_runs(env={"HTTP_TOY_MAX_BYTES": "5000"})
+    small = image_bytes((30, 10), "PNG")
+    # multipart/form-data, one file part: its name is the event's
+    r = httpx.post(run.url, files={"image": ("../../etc/cat.png", small, "image/png")}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"][0]["image_name"] == "cat.png"
+    # a raw body sent as application/octet-stream is sniffed
+    r = httpx.post(run.url, content=small, headers={"content-type": "application/octet-stream"}, timeout=30)
+    assert r.status_code == 200 and r.json()["rows"][0]["label"] == "landscape", r.text
+    # 415: a non-image content type, or bytes that are no image
+    r = httpx.post(run.url, content=b"hello", headers={"content-type": "text/plain"}, timeout=30)
+    assert r.status_code == 415 and "not an image" in r.json()["detail"], r.text
+    r = httpx.post(run.url, content=b"GIF-but-not" * 10, headers={"content-type": "image/gif"}, timeout=30)
+    assert r.status_code == 415, r.text
+    # 413: over max_bytes, with a length or chunked (no length)
+    big = image_bytes((400, 400), "BMP")
+    assert len(big) > 5000
+    r = httpx.post(run.url, content=big, headers={"content-type": "image/bmp"}, timeout=30)
+    assert r.status_code == 413, r.text
+    r = httpx.post(run.url, content=iter([big[:4000], big[4000:]]), headers={"content-type": "image/bmp"}, timeout=30)
+    assert r.status_code == 413, r.text
+    # 400: two files in one request
+    r = httpx.post(run.url, files=[("a", ("a.png", small, "image/png")), ("b", ("b.png", small, "image/png"))])
+    assert r.status_code == 400 and "exactly one image" in r.json()["detail"], r.text
+    # loopback bind: another Host name is refused (DNS rebinding), as is another Origin
+    r = httpx.post(run.url, content=small, headers={"content-type": "image/png", "host": "evil.example"})
+    assert r.status_code == 403, r.text
+    r = httpx.post(run.url, content=small, headers={"content-type": "image/png", "origin": "http://evil.example"})
+    assert r.status_code == 403, r.text
+    # an Idempotency-Key names the event: a retried request updates its row instead of adding one
+    key = {"content-type": "image/png", "idempotency-key": "order-17"}
+    first = httpx.post(run.url, content=small, headers=key, timeout=30)
+    again = httpx.post(run.url, content=small, headers=key, timeout=30)
+    assert first.json()["event_id"] == again.json()["event_id"] == "/classify#order-17"
+    rows = _query(run.state, "http_toy.shapes", "SELECT count(*) FROM http_toy.shapes WHERE event_id = '/classify#order-17'")
+    assert rows == [(1,)]
+    rejected = _query(run.state, "http_toy.buildflow_dead_letters", "SELECT count(*) FROM http_toy.buildflow_dead_letters")
+    assert rejected == [(0,)]  # refused requests are the client's to fix: no dead letters
+    assert httpx.get(run.url.rsplit("/", 1)[0] + "/healthz").json() == {"status": "ok"}
+
+
+def test_token(endpoint_runs: Callable[..., EndpointRun]) -> None:
+    run = endpoint_runs(env={"BUILDFLOW_HTTP_TOKEN": TOKEN})
+    body = image_bytes((8, 8))
+    for headers in ({}, {"authorization": "Bearer wrong-token-wrong-token"}):
+        r = httpx.post(run.url, content=body, headers={"content-type": "image/jpeg", **headers}, timeout=30)
+        assert r.status_code == 401 and "access token" in r.json()["detail"], r.text
+    for headers in ({"authorization": f"Bearer {TOKEN}"}, {"x-buildflow-token": TOKEN}):
+        r = httpx.post(run.url, content=body, headers={"content-type": "image/jpeg", **headers}, timeout=30)
+        assert r.status_code == 200 and r.json()["rows"][0]["label"] == "square", r.text
+
+
+def test_off_loopback_needs_a_token_and_ray_is_refused(tmp_path: Path) -> None:
+    _plan(TOY_APP, tmp_path)
+    r = subprocess.run(
+        [*BUILDFLOW, "run", TOY_APP, "--no-progress", "--state-dir", str(tmp_path)],
+        cwd=REPO,
+        env=_env({"HTTP_TOY_HOST": "0.0.0.0"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "'0.0.0.0', which is not a loopback address, without an access token" in r.stderr, r.stderr
+    assert "BUILDFLOW_HTTP_TOKEN" in r.stderr
+    r = subprocess.run(
+        [*BUILDFLOW, "run", TOY_APP, "--runtime", "ray", "--no-progress", "--state-dir", str(tmp_path)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ray runtime does not support yet" in " ".join(r.stderr.split()), r.stderr
