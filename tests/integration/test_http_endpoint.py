@@ -264,3 +264,38 @@ def test_off_loopback_needs_a_token_and_ray_is_refused(tmp_path: Path) -> None:
     )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "ray runtime does not support yet" in " ".join(r.stderr.split()), r.stderr
+
+
+@pytest.mark.slow
+def test_the_shipped_model_answers_with_its_classifications(endpoint_runs: Callable[..., EndpointRun]) -> None:
+    from models.labels import CAT_CLASS_INDICES
+    from models.samples import sample_photos
+
+    run = endpoint_runs("tests/integration/http_model_app.py:app")
+    photos = sample_photos()
+    names = ["chelsea.jpg", "coffee.jpg"] * 4
+    truncated = photos["coffee.jpg"][:2000]
+    responses = asyncio.run(
+        _post_all(run.url, [(photos[n], "image/jpeg") for n in names] + [(truncated, "image/jpeg")])
+    )
+    bad = responses.pop()
+    assert bad.status_code == 422 and bad.json()["stage"] == "process", bad.text
+    for name, r in zip(names, responses):
+        assert r.status_code == 200, r.text
+        (row,) = r.json()["rows"]
+        top = row["classifications"][0]
+        if name == "chelsea.jpg":
+            assert top["class_index"] in CAT_CLASS_INDICES, row
+        else:
+            assert top["label"] == "espresso", row
+        assert row["model"] == "efficientnet_lite0" and row["event_id"] == r.json()["event_id"]
+    ids = sorted(r.json()["event_id"] for r in responses)
+    written = _query(
+        run.state, "http_model.predictions", "SELECT event_id FROM http_model.predictions ORDER BY event_id"
+    )
+    assert [w[0] for w in written] == ids
+    dead = _query(
+        run.state, "http_model.buildflow_dead_letters", "SELECT event_id FROM http_model.buildflow_dead_letters"
+    )
+    assert dead == [(bad.json()["event_id"],)]
+    assert run.stop() == 0, run.output
