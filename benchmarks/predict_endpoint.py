@@ -131,7 +131,9 @@ class Server:
         self.reader.join(timeout=10)
 
 
-async def _clients(url: str, images: list[bytes], concurrency: int, per_client: int) -> tuple[list[float], float]:
+async def _clients(
+    url: str, images: list[bytes], concurrency: int, per_client: int
+) -> tuple[list[float], float]:
     """``concurrency`` closed-loop clients, ``per_client`` requests each: (latencies ms, wall s)."""
     import httpx
 
@@ -219,11 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         "endpoint": {},
     }
     print(
-        f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; {os.cpu_count()} CPUs; "
-        f"{args.rounds} rounds, interleaved"
+        f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"{os.cpu_count()} CPUs; {args.rounds} rounds, interleaved"
     )
     print(f"bare model: batch of 1 {b1:.0f} ms; batch of {BATCH} {b16:.0f} ms = {b16_rate:.1f} img/s")
-    print("| clients | requests | p50 ms | p99 ms | img/s | mean micro-batch | p50 / bare batch-of-1 | img/s / bare |")
+    print(
+        "| clients | requests | p50 ms | p99 ms | img/s | mean micro-batch "
+        "| p50 / bare batch-of-1 | img/s / bare |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for c in levels:
         p = percentiles(by_level[c])

@@ -2,7 +2,8 @@
 
 One package per system, each holding its declarations and its providers: :mod:`.google`
 (GCS, Pub/Sub, BigQuery), :mod:`.kafka`, :mod:`.postgres`, :mod:`.local` (folders and
-DuckDB), :mod:`.http` (a synchronous predict endpoint). Importing a declaration never imports a client library."""
+DuckDB), :mod:`.http` (a synchronous predict endpoint). Importing a declaration never
+imports a client library."""
 
 from buildflow.events import FileEvent as FileEvent
 from buildflow.events import GCSFileEvent as GCSFileEvent

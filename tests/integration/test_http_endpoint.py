@@ -86,9 +86,15 @@ def _plan(app: str, state: Path, env: dict[str, str] | None = None) -> None:
     assert planned.returncode == 0, planned.stdout + planned.stderr
 
 
-def _start(app: str, state: Path, env: dict[str, str] | None = None, timeout_s: float = 180) -> EndpointRun:
+def _start(
+    app: str,
+    state: Path,
+    env: dict[str, str] | None = None,
+    command: tuple[str, ...] = ("run", "--no-progress"),
+) -> EndpointRun:
+    timeout_s = 180
     proc = subprocess.Popen(
-        [*BUILDFLOW, "run", app, "--no-progress", "--state-dir", str(state)],
+        [*BUILDFLOW, command[0], app, *command[1:], "--state-dir", str(state)],
         cwd=REPO,
         env=_env(env),
         stdout=subprocess.PIPE,
@@ -121,10 +127,14 @@ def endpoint_runs(tmp_path: Path) -> Iterator[Callable[..., EndpointRun]]:
     """Plan and start an app (``buildflow run``); every run started is stopped at the end."""
     started: list[EndpointRun] = []
 
-    def start(app: str = TOY_APP, env: dict[str, str] | None = None) -> EndpointRun:
+    def start(
+        app: str = TOY_APP,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("run", "--no-progress"),
+    ) -> EndpointRun:
         state = tmp_path / f"state{len(started)}"
         _plan(app, state, env)
-        run = _start(app, state, env)
+        run = _start(app, state, env, command)
         started.append(run)
         return run
 
@@ -148,7 +158,9 @@ def _query(state: Path, table: str, sql: str) -> list[tuple[Any, ...]]:
 async def _post_all(url: str, bodies: list[tuple[bytes, str]], **kwargs: Any) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60, **kwargs) as client:
         return list(
-            await asyncio.gather(*(client.post(url, content=b, headers={"content-type": t}) for b, t in bodies))
+            await asyncio.gather(
+                *(client.post(url, content=b, headers={"content-type": t}) for b, t in bodies)
+            )
         )
 
 
@@ -208,24 +220,36 @@ def test_multipart_raw_body_and_the_guards(endpoint_runs: Callable[..., Endpoint
     assert len(big) > 5000
     r = httpx.post(run.url, content=big, headers={"content-type": "image/bmp"}, timeout=30)
     assert r.status_code == 413, r.text
-    r = httpx.post(run.url, content=iter([big[:4000], big[4000:]]), headers={"content-type": "image/bmp"}, timeout=30)
+    r = httpx.post(
+        run.url, content=iter([big[:4000], big[4000:]]), headers={"content-type": "image/bmp"}, timeout=30
+    )
     assert r.status_code == 413, r.text
     # 400: two files in one request
-    r = httpx.post(run.url, files=[("a", ("a.png", small, "image/png")), ("b", ("b.png", small, "image/png"))])
+    r = httpx.post(
+        run.url, files=[("a", ("a.png", small, "image/png")), ("b", ("b.png", small, "image/png"))]
+    )
     assert r.status_code == 400 and "exactly one image" in r.json()["detail"], r.text
     # loopback bind: another Host name is refused (DNS rebinding), as is another Origin
     r = httpx.post(run.url, content=small, headers={"content-type": "image/png", "host": "evil.example"})
     assert r.status_code == 403, r.text
-    r = httpx.post(run.url, content=small, headers={"content-type": "image/png", "origin": "http://evil.example"})
+    r = httpx.post(
+        run.url, content=small, headers={"content-type": "image/png", "origin": "http://evil.example"}
+    )
     assert r.status_code == 403, r.text
     # an Idempotency-Key names the event: a retried request updates its row instead of adding one
     key = {"content-type": "image/png", "idempotency-key": "order-17"}
     first = httpx.post(run.url, content=small, headers=key, timeout=30)
     again = httpx.post(run.url, content=small, headers=key, timeout=30)
     assert first.json()["event_id"] == again.json()["event_id"] == "/classify#order-17"
-    rows = _query(run.state, "http_toy.shapes", "SELECT count(*) FROM http_toy.shapes WHERE event_id = '/classify#order-17'")
+    rows = _query(
+        run.state,
+        "http_toy.shapes",
+        "SELECT count(*) FROM http_toy.shapes WHERE event_id = '/classify#order-17'",
+    )
     assert rows == [(1,)]
-    rejected = _query(run.state, "http_toy.buildflow_dead_letters", "SELECT count(*) FROM http_toy.buildflow_dead_letters")
+    rejected = _query(
+        run.state, "http_toy.buildflow_dead_letters", "SELECT count(*) FROM http_toy.buildflow_dead_letters"
+    )
     assert rejected == [(0,)]  # refused requests are the client's to fix: no dead letters
     assert httpx.get(run.url.rsplit("/", 1)[0] + "/healthz").json() == {"status": "ok"}
 
@@ -266,8 +290,28 @@ def test_off_loopback_needs_a_token_and_ray_is_refused(tmp_path: Path) -> None:
     assert "ray runtime does not support yet" in " ".join(r.stderr.split()), r.stderr
 
 
+def test_buildflow_serve_puts_an_apps_processor_behind_an_endpoint(
+    endpoint_runs: Callable[..., EndpointRun],
+) -> None:
+    """``buildflow serve`` on an app whose processor reads a bucket: the same processor and sink,
+    an HTTPEndpoint instead of the bucket."""
+    run = endpoint_runs("tests.ui.toy_app:app", command=("serve", "--port", "0", "--route", "/shapes"))
+    assert run.url.endswith("/shapes")
+    r = httpx.post(run.url, files={"file": ("wide.jpg", image_bytes((60, 20)), "image/jpeg")}, timeout=30)
+    assert r.status_code == 200, r.text
+    (row,) = r.json()["rows"]
+    assert row["image_name"] == "wide.jpg" and row["classifications"][0]["label"] == "landscape"
+    written = _query(run.state, "ui_toy.shapes", "SELECT event_id FROM ui_toy.shapes")
+    assert written == [(r.json()["event_id"],)]
+    assert not list((run.state / "buckets").rglob("*.jpg"))  # nothing went through the bucket
+    assert run.stop() == 0, run.output
+    assert "serving shapes of 'ui-toy'" in run.output
+
+
 @pytest.mark.slow
-def test_the_shipped_model_answers_with_its_classifications(endpoint_runs: Callable[..., EndpointRun]) -> None:
+def test_the_shipped_model_answers_with_its_classifications(
+    endpoint_runs: Callable[..., EndpointRun],
+) -> None:
     from models.labels import CAT_CLASS_INDICES
     from models.samples import sample_photos
 
@@ -295,7 +339,9 @@ def test_the_shipped_model_answers_with_its_classifications(endpoint_runs: Calla
     )
     assert [w[0] for w in written] == ids
     dead = _query(
-        run.state, "http_model.buildflow_dead_letters", "SELECT event_id FROM http_model.buildflow_dead_letters"
+        run.state,
+        "http_model.buildflow_dead_letters",
+        "SELECT event_id FROM http_model.buildflow_dead_letters",
     )
     assert dead == [(bad.json()["event_id"],)]
     assert run.stop() == 0, run.output

@@ -75,10 +75,11 @@ class HTTPEndpoint(SourceDeclaration):
     * 422 ``{"event_id", "processor", "detail", "error_type", "stage", "dead_letter"}``:
       ``process`` (or decoding, validation, the sink) failed for this image; the dead-letter
       record is written. The other images of its micro-batch are not affected.
-    * 400 (malformed multipart, not exactly one file), 401 (token missing or wrong), 403
-      (a non-loopback ``Host`` on a loopback bind, or another ``Origin``), 404/405 (another
-      path or method), 413 (over ``max_bytes``; a chunked body is read up to it), 415 (not an image: its bytes do not start like JPEG, PNG, GIF, WebP,
-      BMP or TIFF, or a non-image content type), 503 (too many requests waiting, or the
+    * 400 (malformed multipart, not exactly one file, an empty body, a bad
+      ``Idempotency-Key``), 401 (token missing or wrong), 403 (a non-loopback ``Host`` on a
+      loopback bind, or another ``Origin``), 404/405 (another path or method), 413 (over
+      ``max_bytes``; a chunked body is read up to it), 415 (a non-image content type, or
+      bytes that do not start like JPEG, PNG, GIF, WebP, BMP or TIFF), 503 (too many requests waiting, or the
       run is stopping; ``Retry-After`` says when to try again), 504 (no answer within
       ``timeout_s``; the image is still processed and written).
     * ``GET /healthz``: 200 ``{"status": "ok"}`` while the run accepts requests.
@@ -122,7 +123,9 @@ class HTTPEndpoint(SourceDeclaration):
             raise ConfigurationError(f"HTTPEndpoint: port {self.port!r} is not in 0..65535 (0: a free port)")
         for name in ("max_bytes", "timeout_s", "max_pending"):
             if not getattr(self, name) > 0:
-                raise ConfigurationError(f"HTTPEndpoint: {name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigurationError(
+                    f"HTTPEndpoint: {name} must be positive, got {getattr(self, name)!r}"
+                )
 
     def describe(self) -> str:
         return f"HTTPEndpoint(route={self.route!r}, host={self.host!r}, port={self.port})"

@@ -143,7 +143,9 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
             if not thread.is_alive() or time.monotonic() > deadline:
                 server.should_exit = True
                 sock.close()
-                raise BuildflowError(f"the HTTPEndpoint server at {self.url} did not start within {timeout_s:.0f} s")
+                raise BuildflowError(
+                    f"the HTTPEndpoint server at {self.url} did not start within {timeout_s:.0f} s"
+                )
             time.sleep(0.01)
         log.info("processor %s: serving POST %s", self.consumer, self.url)
 
@@ -153,10 +155,11 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         exceptions = import_optional("starlette.exceptions", extra="http", needed_by="HTTPEndpoint")
         responses = import_optional("starlette.responses", extra="http", needed_by="HTTPEndpoint")
         import_optional("multipart", extra="http", needed_by="HTTPEndpoint (multipart/form-data)")
-        Response = responses.Response
 
         def reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-            return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+            return responses.Response(
+                _dumps(body), status_code=status, media_type="application/json", headers=headers
+            )
 
         async def on_http_error(request: Any, exc: Any) -> Any:
             return reply(exc.status_code, {"detail": exc.detail}, getattr(exc, "headers", None))
@@ -185,7 +188,11 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
             return 503, {"detail": "the run is stopping; send the image again later"}, {"Retry-After": "5"}
         key = request.headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= _MAX_KEY_CHARS and all(32 < ord(c) < 127 for c in key)):
-            return 400, {"detail": f"Idempotency-Key must be 1..{_MAX_KEY_CHARS} printable ASCII characters"}, None
+            return (
+                400,
+                {"detail": f"Idempotency-Key must be 1..{_MAX_KEY_CHARS} printable ASCII characters"},
+                None,
+            )
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         length = request.headers.get("content-length")
         multipart = media == "multipart/form-data"
@@ -201,7 +208,11 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
             )
         most = decl.max_bytes + (_FORM_OVERHEAD_BYTES if multipart else 0)
         if length is not None and length.isdigit() and int(length) > most:
-            return 413, {"detail": f"request of {int(length)} bytes is over the limit of {decl.max_bytes} bytes"}, None
+            return (
+                413,
+                {"detail": f"request of {int(length)} bytes is over the limit of {decl.max_bytes} bytes"},
+                None,
+            )
         filename: str | None = None
         if multipart:
             async with request.form(max_files=2, max_fields=8) as form:
@@ -209,7 +220,10 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
                 if len(files) != 1:
                     return (
                         400,
-                        {"detail": f"send exactly one image per request (multipart/form-data with one file part); got {len(files)}"},
+                        {
+                            "detail": "send exactly one image per request (multipart/form-data with one "
+                            f"file part); got {len(files)}"
+                        },
                         None,
                     )
                 filename = files[0].filename
@@ -252,7 +266,10 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
             if self._waiting >= decl.max_pending:
                 return (
                     503,
-                    {"detail": f"{self._waiting} requests are waiting for the processor (max_pending); send it again"},
+                    {
+                        "detail": f"{self._waiting} requests are waiting for the processor (max_pending); "
+                        "send it again"
+                    },
                     {"Retry-After": "1"},
                 )
             self._waiting += 1
@@ -278,7 +295,10 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         if outcome is _STOPPED or outcome is None:
             return (
                 503,
-                {"event_id": event_id, "detail": "the run stopped before this image was processed; send it again"},
+                {
+                    "event_id": event_id,
+                    "detail": "the run stopped before this image was processed; send it again",
+                },
                 {"Retry-After": "5"},
             )
         assert isinstance(outcome, EventOutcome)
@@ -401,7 +421,9 @@ class _Guard:
                 return
         if self.token is not None and not (scope["method"] == "GET" and scope["path"] == "/healthz"):
             auth = headers.get("authorization", "")
-            given = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-buildflow-token")
+            given = (
+                auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-buildflow-token")
+            )
             if given is None or not secrets.compare_digest(given.encode(), self.token.encode()):
                 await self._refuse(
                     send,
@@ -451,9 +473,13 @@ class HTTPEndpointProvider(SourceProvider):
         decl = self.http
         _check_token(self.token(), decl.host)
         try:
-            infos = socket.getaddrinfo(decl.host.strip("[]"), decl.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            infos = socket.getaddrinfo(
+                decl.host.strip("[]"), decl.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
         except socket.gaierror as e:
-            raise ConfigurationError(f"HTTPEndpoint host {decl.host!r} cannot be resolved: {e.strerror}") from e
+            raise ConfigurationError(
+                f"HTTPEndpoint host {decl.host!r} cannot be resolved: {e.strerror}"
+            ) from e
         family, kind, proto, _, addr = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
@@ -464,9 +490,12 @@ class HTTPEndpointProvider(SourceProvider):
             sock.close()
             if e.errno == errno.EADDRINUSE:
                 raise ConfigurationError(
-                    f"HTTPEndpoint port {decl.port} on {decl.host} is in use; choose another port, or 0 for a free one"
+                    f"HTTPEndpoint port {decl.port} on {decl.host} is in use; choose another port, "
+                    "or 0 for a free one"
                 ) from e
-            raise ConfigurationError(f"cannot listen on {decl.host}:{decl.port} for the HTTPEndpoint: {e.strerror}") from e
+            raise ConfigurationError(
+                f"cannot listen on {decl.host}:{decl.port} for the HTTPEndpoint: {e.strerror}"
+            ) from e
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self._socket, self.url = sock, f"http://{shown}:{port}{decl.route}"
