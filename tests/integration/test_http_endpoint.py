@@ -10,6 +10,8 @@ micro-batch, and every row records the size of its micro-batch. One test runs th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import os
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,18 @@ import httpx
 import pytest
 from PIL import Image
 
+import buildflow
 from buildflow.environment import Environment
-from buildflow.io import DuckDBTable
+from buildflow.events import FileEvent
+from buildflow.io import DuckDBTable, HTTPEndpoint
+from buildflow.io.base import OutputRecord, SinkRuntime
 from buildflow.io.local.duckdb_sink import DuckDBTableProvider
+from buildflow.io.registry import sink_provider, source_provider
+from buildflow.processor import inspect_processor
+from buildflow.runtime.base import BoundProcessor, RunOptions
+from buildflow.runtime.inprocess import InProcessRuntime
+from buildflow.schema import TableSchema
+from buildflow.testing import InMemorySink, InMemorySinkProvider
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDFLOW = [sys.executable, "-m", "buildflow.cli"]
@@ -345,3 +356,84 @@ def test_the_shipped_model_answers_with_its_classifications(
     )
     assert dead == [(bad.json()["event_id"],)]
     assert run.stop() == 0, run.output
+
+
+@dataclasses.dataclass
+class _Size:
+    event_id: str
+    width: int
+
+
+class _GatedSink(SinkRuntime):
+    """Writes only once the test opens the gate (the other side of the code under test)."""
+
+    def __init__(self, entered: threading.Event, gate: threading.Event) -> None:
+        self.entered, self.gate = entered, gate
+
+    async def write(self, records: Sequence[OutputRecord]) -> None:
+        self.entered.set()
+        await asyncio.to_thread(self.gate.wait, 30)
+
+
+class _GatedSinkProvider(InMemorySinkProvider):
+    def __init__(self, entered: threading.Event, gate: threading.Event) -> None:
+        super().__init__(InMemorySink("gated"), Environment(name="local", state_dir=Path(".")))
+        self.entered, self.gate = entered, gate
+
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        return _GatedSink(self.entered, self.gate)
+
+
+def test_a_request_is_answered_only_after_its_rows_are_written(tmp_path: Path) -> None:
+    """In-process: the sink's write is held open; the request must wait for it."""
+
+    class Sizes(buildflow.Processor):
+        def source(self) -> HTTPEndpoint:
+            return HTTPEndpoint(route="/size", port=0)
+
+        def sink(self) -> InMemorySink:
+            return InMemorySink("sizes")
+
+        def process(self, event: FileEvent) -> _Size:
+            with Image.open(io.BytesIO(event.blob)) as im:
+                return _Size(event.event_id, im.size[0])
+
+    spec = inspect_processor(Sizes())
+    env = Environment(name="local", state_dir=tmp_path)
+    entered, gate = threading.Event(), threading.Event()
+    source = source_provider(spec.source, env)
+    bound = BoundProcessor(
+        spec, source, _GatedSinkProvider(entered, gate), sink_provider(InMemorySink("dl"), env)
+    )
+    url = source.listen()  # type: ignore[attr-defined]
+    runtime = InProcessRuntime()
+    runner = threading.Thread(target=runtime.run, args=([bound], RunOptions(handle_signals=False)))
+    runner.start()
+    try:
+        health = url.rsplit("/", 1)[0] + "/healthz"
+        deadline = time.monotonic() + 30
+        while True:  # bounded poll: the server starts when the run opens the source
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(health, timeout=5).status_code == 200:
+                    break
+            assert runner.is_alive() and time.monotonic() < deadline, "the endpoint did not start"
+            time.sleep(0.05)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                httpx.post,
+                url,
+                content=image_bytes((33, 10)),
+                headers={"content-type": "image/jpeg"},
+                timeout=60,
+            )
+            assert entered.wait(30), "the sink was never written to"
+            with pytest.raises(concurrent.futures.TimeoutError):
+                answer.result(timeout=0.5)  # the row is not written yet: no answer
+            gate.set()
+            r = answer.result(timeout=30)
+        assert r.status_code == 200 and r.json()["rows"][0]["width"] == 33, r.text
+    finally:
+        gate.set()
+        runtime.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()

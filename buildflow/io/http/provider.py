@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from buildflow.errors import BuildflowError, ConfigurationError, MissingDependencyError
+from buildflow.errors import BuildflowError, ConfigurationError
 from buildflow.extras import import_optional
 from buildflow.io.base import Envelope, EventOutcome, SourceProvider, SourceRuntime
 from buildflow.io.http.declarations import TOKEN_ENV, HTTPEndpoint, HTTPRequestEvent
@@ -154,7 +154,7 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         routing = import_optional("starlette.routing", extra="http", needed_by="HTTPEndpoint")
         exceptions = import_optional("starlette.exceptions", extra="http", needed_by="HTTPEndpoint")
         responses = import_optional("starlette.responses", extra="http", needed_by="HTTPEndpoint")
-        import_optional("multipart", extra="http", needed_by="HTTPEndpoint (multipart/form-data)")
+        import_optional("python_multipart", extra="http", needed_by="HTTPEndpoint (multipart/form-data)")
 
         def reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
             return responses.Response(
@@ -515,6 +515,6 @@ class HTTPEndpointProvider(SourceProvider):
         assert sock is not None
         try:
             return HTTPEndpointSource(self.http, consumer, sock, self.token(), url)
-        except MissingDependencyError:
+        except BaseException:
             sock.close()
             raise
