@@ -432,7 +432,7 @@ class _Worker:
                         result.dead[r.index].event_id,
                         r.reason,
                     )
-            if self.source.wants_outcomes:
+            if getattr(self.source, "wants_outcomes", False):
                 await self.source.settle(_outcomes(result))
             try:
                 await self.source.ack(result.envelopes)

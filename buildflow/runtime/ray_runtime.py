@@ -508,7 +508,7 @@ class RayRuntime(Runtime):
         on_progress: Callable[[list[ProcessorStats], float], None] | None = None,
     ) -> RunSummary:
         for b in processors:
-            if b.source.answers_senders:
+            if getattr(b.source, "answers_senders", False):
                 raise ConfigurationError(
                     f"processor {b.name}: {b.spec.source.describe()} answers each request with its "
                     "rows, which the ray runtime does not support yet; run it with --runtime "
