@@ -384,21 +384,38 @@ class _GatedSinkProvider(InMemorySinkProvider):
         return _GatedSink(self.entered, self.gate)
 
 
-def test_a_request_is_answered_only_after_its_rows_are_written(tmp_path: Path) -> None:
-    """In-process: the sink's write is held open; the request must wait for it."""
+class _Sizes(buildflow.Processor):
+    def source(self) -> HTTPEndpoint:
+        return HTTPEndpoint(route="/size", port=0)
 
-    class Sizes(buildflow.Processor):
-        def source(self) -> HTTPEndpoint:
-            return HTTPEndpoint(route="/size", port=0)
+    def sink(self) -> InMemorySink:
+        return InMemorySink("sizes")
 
-        def sink(self) -> InMemorySink:
-            return InMemorySink("sizes")
+    def process(self, event: FileEvent) -> _Size:
+        with Image.open(io.BytesIO(event.blob)) as im:
+            return _Size(event.event_id, im.size[0])
 
-        def process(self, event: FileEvent) -> _Size:
-            with Image.open(io.BytesIO(event.blob)) as im:
-                return _Size(event.event_id, im.size[0])
 
-    spec = inspect_processor(Sizes())
+@dataclasses.dataclass
+class _GatedRun:
+    """An in-process run of :class:`_Sizes` whose sink writes only once ``gate`` is set."""
+
+    runtime: InProcessRuntime
+    runner: threading.Thread
+    url: str
+    entered: threading.Event
+    gate: threading.Event
+    pool: concurrent.futures.ThreadPoolExecutor
+
+    def post(self, width: int) -> concurrent.futures.Future[httpx.Response]:
+        body = image_bytes((width, 10))
+        headers = {"content-type": "image/jpeg"}
+        return self.pool.submit(httpx.post, self.url, content=body, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def gated_run(tmp_path: Path) -> Iterator[_GatedRun]:
+    spec = inspect_processor(_Sizes())
     env = Environment(name="local", state_dir=tmp_path)
     entered, gate = threading.Event(), threading.Event()
     source = source_provider(spec.source, env)
@@ -409,6 +426,7 @@ def test_a_request_is_answered_only_after_its_rows_are_written(tmp_path: Path) -
     runtime = InProcessRuntime()
     runner = threading.Thread(target=runtime.run, args=([bound], RunOptions(handle_signals=False)))
     runner.start()
+    pool = concurrent.futures.ThreadPoolExecutor(4)
     try:
         health = url.rsplit("/", 1)[0] + "/healthz"
         deadline = time.monotonic() + 30
@@ -418,22 +436,30 @@ def test_a_request_is_answered_only_after_its_rows_are_written(tmp_path: Path) -
                     break
             assert runner.is_alive() and time.monotonic() < deadline, "the endpoint did not start"
             time.sleep(0.05)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(
-                httpx.post,
-                url,
-                content=image_bytes((33, 10)),
-                headers={"content-type": "image/jpeg"},
-                timeout=60,
-            )
-            assert entered.wait(30), "the sink was never written to"
-            with pytest.raises(concurrent.futures.TimeoutError):
-                answer.result(timeout=0.5)  # the row is not written yet: no answer
-            gate.set()
-            r = answer.result(timeout=30)
-        assert r.status_code == 200 and r.json()["rows"][0]["width"] == 33, r.text
+        yield _GatedRun(runtime, runner, url, entered, gate, pool)
     finally:
         gate.set()
         runtime.request_stop()
         runner.join(30)
+        pool.shutdown()
     assert not runner.is_alive()
+
+
+def test_a_request_is_answered_only_after_its_rows_are_written(gated_run: _GatedRun) -> None:
+    """The sink's write is held open; the request must wait for it."""
+    answer = gated_run.post(33)
+    assert gated_run.entered.wait(30), "the sink was never written to"
+    with pytest.raises(concurrent.futures.TimeoutError):
+        answer.result(timeout=0.5)  # the row is not written yet: no answer
+    gated_run.gate.set()
+    r = answer.result(timeout=30)
+    assert r.status_code == 200 and r.json()["rows"][0]["width"] == 33, r.text
+
+
+def test_a_hard_stop_answers_what_it_did_not_write_with_503(gated_run: _GatedRun) -> None:
+    answer = gated_run.post(21)
+    assert gated_run.entered.wait(30), "the sink was never written to"
+    gated_run.runtime.request_stop(hard=True)  # as a second Ctrl-C: the write never finishes
+    r = answer.result(timeout=30)
+    assert r.status_code == 503 and "stopped before this image was processed" in r.json()["detail"], r.text
+    assert r.headers["retry-after"] == "5"

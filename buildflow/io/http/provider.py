@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import datetime
 import decimal
 import errno
@@ -112,7 +113,7 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         self._queue: asyncio.Queue[Envelope[HTTPRequestEvent]] = asyncio.Queue()
         self._outcomes: dict[str, EventOutcome] = {}
         self._lock = threading.Lock()
-        self._waiting = 0  # requests handed to the loop and not yet answered
+        self._pending: set[concurrent.futures.Future[Any]] = set()  # handed to the loop, not answered
         self._closing = False
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -263,21 +264,27 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         envelope = Envelope(event=event, event_id=event_id, ack_id=future, received_at=now, object_name=name)
         with self._lock:
-            if self._waiting >= decl.max_pending:
+            if self._closing:
+                return (
+                    503,
+                    {"detail": "the run is stopping; send the image again later"},
+                    {"Retry-After": "5"},
+                )
+            if len(self._pending) >= decl.max_pending:
                 return (
                     503,
                     {
-                        "detail": f"{self._waiting} requests are waiting for the processor (max_pending); "
-                        "send it again"
+                        "detail": f"{len(self._pending)} requests are waiting for the processor "
+                        "(max_pending); send it again"
                     },
                     {"Retry-After": "1"},
                 )
-            self._waiting += 1
+            self._pending.add(future)
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, envelope)
         except RuntimeError:  # the run's loop is closed
             with self._lock:
-                self._waiting -= 1
+                self._pending.discard(future)
             return 503, {"detail": "the run has stopped"}, None
         waiter = asyncio.wrap_future(future)
         done, _ = await asyncio.wait({waiter}, timeout=decl.timeout_s)  # never cancels the event
@@ -333,18 +340,16 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         for o in outcomes:
             self._outcomes[o.event_id] = o
 
+    def _resolve(self, future: concurrent.futures.Future[Any], answer: Any) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        if not future.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # raced a cancel
+                future.set_result(answer)
+
     def _answer(self, envelopes: Sequence[Envelope[HTTPRequestEvent]], result: Any) -> None:
         for env in envelopes:
-            future: concurrent.futures.Future[Any] = env.ack_id
-            if future.done():
-                continue
-            answer = self._outcomes.get(env.event_id) if result is None else result
-            try:
-                future.set_result(answer)
-            except concurrent.futures.InvalidStateError:  # pragma: no cover - raced a cancel
-                continue
-            with self._lock:
-                self._waiting -= 1
+            self._resolve(env.ack_id, self._outcomes.get(env.event_id) if result is None else result)
         for env in envelopes:
             self._outcomes.pop(env.event_id, None)
 
@@ -359,14 +364,18 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
 
     async def is_drained(self) -> bool:
         with self._lock:
-            return self._waiting == 0
+            return not self._pending
 
     async def close(self) -> None:
-        self._closing = True
-        left: list[Envelope[HTTPRequestEvent]] = []
+        """Answer every request not answered yet with 503 (the run stopped before writing its
+        rows: a hard stop, or requests that came during the drain), then stop the server."""
+        with self._lock:
+            self._closing = True
+            left = list(self._pending)
+        for future in left:
+            self._resolve(future, _STOPPED)
         while not self._queue.empty():
-            left.append(self._queue.get_nowait())
-        self._answer(left, _STOPPED)
+            self._queue.get_nowait()
         server, thread = self._server, self._thread
         if server is not None:
             server.should_exit = True
