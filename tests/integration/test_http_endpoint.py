@@ -376,8 +376,8 @@ class _GatedSink(SinkRuntime):
 
 
 class _GatedSinkProvider(InMemorySinkProvider):
-    def __init__(self, entered: threading.Event, gate: threading.Event) -> None:
-        super().__init__(InMemorySink("gated"), Environment(name="local", state_dir=Path(".")))
+    def __init__(self, entered: threading.Event, gate: threading.Event, env: Environment) -> None:
+        super().__init__(InMemorySink("gated"), env)
         self.entered, self.gate = entered, gate
 
     def open(self, schema: TableSchema) -> SinkRuntime:
@@ -420,7 +420,7 @@ def gated_run(tmp_path: Path) -> Iterator[_GatedRun]:
     entered, gate = threading.Event(), threading.Event()
     source = source_provider(spec.source, env)
     bound = BoundProcessor(
-        spec, source, _GatedSinkProvider(entered, gate), sink_provider(InMemorySink("dl"), env)
+        spec, source, _GatedSinkProvider(entered, gate, env), sink_provider(InMemorySink("dl"), env)
     )
     url = source.listen()  # type: ignore[attr-defined]
     runtime = InProcessRuntime()
