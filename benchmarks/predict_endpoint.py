@@ -17,7 +17,9 @@ Each round, interleaved so machine load hits each alike:
   ``--requests`` of them; latency = from sending a request to its answer (200 with the row,
   written to DuckDB); throughput = answers / wall time of the level. The mean micro-batch
   size is ``buildflow_events_total`` / ``buildflow_batch_seconds_count`` over the level, from
-  the run's Prometheus endpoint.
+  the run's Prometheus endpoint;
+* ``endpoint without a model``: the same endpoint and sink with a processor that does no
+  work, 1 client: the endpoint's own cost per request.
 
 Ratios: endpoint p50 at 1 client / bare batch-of-1 latency (the endpoint's overhead on one
 image), and endpoint throughput at the highest concurrency / bare batch-of-16 throughput.
@@ -63,6 +65,28 @@ app.add(
 )
 """
 
+#: The same endpoint and sink with a processor that does no work (one row per image, its size):
+#: what the endpoint itself costs per request (HTTP, the runtime, the DuckDB write).
+APP_NO_MODEL = """
+import dataclasses
+from buildflow import Node
+from buildflow.io import BigQueryTable, FileEvent, HTTPEndpoint
+
+@dataclasses.dataclass
+class Row:
+    image_name: str
+    size: int
+
+app = Node(name="predict-endpoint-bench-no-model")
+
+@app.processor(
+    source=HTTPEndpoint(route="/classify", port=0, max_pending=1024),
+    sink=BigQueryTable(table_id="buildflow-local.bench_endpoint.no_model"),
+)
+def sizes(event: FileEvent) -> Row:
+    return Row(event.name, len(event.blob))
+"""
+
 
 def _env() -> dict[str, str]:
     env = {**os.environ, "BUILDFLOW_LOG_LEVEL": "info", "COLUMNS": "200"}
@@ -74,9 +98,9 @@ def _env() -> dict[str, str]:
 class Server:
     """``buildflow run`` of :data:`APP` until :meth:`stop`; its endpoint and metrics URLs."""
 
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "endpoint_app.py").write_text(APP)
-        app, state = str(tmp / "endpoint_app.py") + ":app", str(tmp / "state")
+    def __init__(self, tmp: Path, source: str = APP, name: str = "endpoint_app") -> None:
+        (tmp / f"{name}.py").write_text(source)
+        app, state = str(tmp / f"{name}.py") + ":app", str(tmp / f"state_{name}")
         cmd = [sys.executable, "-m", "buildflow.cli"]
         subprocess.run([*cmd, "plan", app, "--yes", "--state-dir", state], cwd=REPO, env=_env(), check=True,
                        capture_output=True, timeout=300)  # fmt: skip
@@ -192,12 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     by_level: dict[int, list[float]] = {c: [] for c in levels}
     rates: dict[int, list[float]] = {c: [] for c in levels}
     batch_sizes: dict[int, list[float]] = {c: [] for c in levels}
+    no_model: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
         server = Server(Path(tmp))
+        empty = Server(Path(tmp), APP_NO_MODEL, "no_model_app")
         try:
             asyncio.run(_clients(server.url, images[:4], 2, 2))  # warm-up of the served model
+            asyncio.run(_clients(empty.url, images[:4], 2, 2))
             for _ in range(args.rounds):
                 bare.append(_bare(classifier, images, args.bare_reps))
+                no_model.extend(asyncio.run(_clients(empty.url, images, 1, 48))[0])
                 for c in levels:
                     per_client = args.requests or max(4, 48 // c)
                     e0, b0 = server.counts()
@@ -208,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                     batch_sizes[c].append((e1 - e0) / max(1.0, b1 - b0))
         finally:
             server.stop()
+            empty.stop()
             classifier.close()
     load_after = os.getloadavg()
 
@@ -218,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
         "cpus": os.cpu_count(),
         "bare": {"batch1_ms": b1, "batch16_ms": b16, "batch16_img_s": b16_rate},
+        "no_model_1_client": percentiles(no_model),
         "endpoint": {},
     }
     print(
@@ -225,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs; {args.rounds} rounds, interleaved"
     )
     print(f"bare model: batch of 1 {b1:.0f} ms; batch of {BATCH} {b16:.0f} ms = {b16_rate:.1f} img/s")
+    nm = figures["no_model_1_client"]
+    print(
+        f"endpoint without a model (HTTP + runtime + DuckDB write), 1 client: p50 {nm['p50_ms']:.1f} ms, "
+        f"p99 {nm['p99_ms']:.1f} ms ({nm['n']} requests)"
+    )
     print(
         "| clients | requests | p50 ms | p99 ms | img/s | mean micro-batch "
         "| p50 / bare batch-of-1 | img/s / bare |"

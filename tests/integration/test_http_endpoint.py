@@ -247,6 +247,8 @@ def test_multipart_raw_body_and_the_guards(endpoint_runs: Callable[..., Endpoint
         run.url, content=small, headers={"content-type": "image/png", "origin": "http://evil.example"}
     )
     assert r.status_code == 403, r.text
+    r = httpx.post(run.url, content=small, headers={"content-type": "image/png", "idempotency-key": "a b"})
+    assert r.status_code == 400 and "'a b'" in r.json()["detail"], r.text
     # an Idempotency-Key names the event: a retried request updates its row instead of adding one
     key = {"content-type": "image/png", "idempotency-key": "order-17"}
     first = httpx.post(run.url, content=small, headers=key, timeout=30)

@@ -191,7 +191,10 @@ class HTTPEndpointSource(SourceRuntime[HTTPRequestEvent]):
         if key is not None and not (0 < len(key) <= _MAX_KEY_CHARS and all(32 < ord(c) < 127 for c in key)):
             return (
                 400,
-                {"detail": f"Idempotency-Key must be 1..{_MAX_KEY_CHARS} printable ASCII characters"},
+                {
+                    "detail": f"Idempotency-Key {key[:60]!r} is not 1..{_MAX_KEY_CHARS} printable ASCII "
+                    "characters without spaces; send e.g. a UUID"
+                },
                 None,
             )
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
