@@ -4,7 +4,8 @@ as a real subprocess, asked by a real HTTP client (httpx).
 The mechanics run on a model-free app (:mod:`tests.integration.http_toy_app`): its batches cost
 200 ms, as a model's would, so concurrent requests queue behind a batch and form the next
 micro-batch, and every row records the size of its micro-batch. One test runs the shipped
-:class:`processors.ImageClassificationProcessor` on real photos (slow: it loads the model).
+:class:`processors.ImageClassificationProcessor` on real photos. Those run the CLI and are
+marked slow; two in-process tests (a sink whose write the test holds open) are not.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ async def _post_all(url: str, bodies: list[tuple[bytes, str]], **kwargs: Any) ->
         )
 
 
+@pytest.mark.slow  # runs the CLI end to end (no model)
 def test_concurrent_requests_get_their_own_rows_micro_batched_written_before_the_answer(
     endpoint_runs: Callable[..., EndpointRun],
 ) -> None:
@@ -211,6 +213,7 @@ def test_concurrent_requests_get_their_own_rows_micro_batched_written_before_the
     assert run.stop() == 0, run.output
 
 
+@pytest.mark.slow  # runs the CLI end to end (no model)
 def test_multipart_raw_body_and_the_guards(endpoint_runs: Callable[..., EndpointRun]) -> None:
     run = endpoint_runs(env={"HTTP_TOY_MAX_BYTES": "5000"})
     small = image_bytes((30, 10), "PNG")
@@ -267,6 +270,7 @@ def test_multipart_raw_body_and_the_guards(endpoint_runs: Callable[..., Endpoint
     assert httpx.get(run.url.rsplit("/", 1)[0] + "/healthz").json() == {"status": "ok"}
 
 
+@pytest.mark.slow  # runs the CLI end to end (no model)
 def test_token(endpoint_runs: Callable[..., EndpointRun]) -> None:
     run = endpoint_runs(env={"BUILDFLOW_HTTP_TOKEN": TOKEN})
     body = image_bytes((8, 8))
@@ -278,6 +282,7 @@ def test_token(endpoint_runs: Callable[..., EndpointRun]) -> None:
         assert r.status_code == 200 and r.json()["rows"][0]["label"] == "square", r.text
 
 
+@pytest.mark.slow  # runs the CLI end to end (no model)
 def test_off_loopback_needs_a_token_and_ray_is_refused(tmp_path: Path) -> None:
     _plan(TOY_APP, tmp_path)
     r = subprocess.run(
@@ -303,6 +308,7 @@ def test_off_loopback_needs_a_token_and_ray_is_refused(tmp_path: Path) -> None:
     assert "ray runtime does not support yet" in " ".join(r.stderr.split()), r.stderr
 
 
+@pytest.mark.slow  # runs the CLI end to end (no model)
 def test_buildflow_serve_puts_an_apps_processor_behind_an_endpoint(
     endpoint_runs: Callable[..., EndpointRun],
 ) -> None:
