@@ -27,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,32 @@ from benchmarks.latency_proxy import LatencyProxy
 from benchmarks.suite import _app_env, _cli, ours_throughput
 
 DOWNLOAD = b"GET /download/"
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the runner of each run)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(run: Any, stack: Any) -> dict[str, Any]:
+    """``run()``, with the CPU seconds its runner and each stack server used meanwhile."""
+    servers = {name: cpu_s(pid) for name, pid in stack.pids.items()}
+    runner0, own0 = children_cpu_s(), time.process_time()
+    out: dict[str, Any] = run()
+    out["runner_cpu_s"] = children_cpu_s() - runner0  # includes the plan command's
+    out["bench_process_cpu_s"] = time.process_time() - own0  # uploads, the proxy
+    out["stack_cpu_s"] = {name: round(cpu_s(pid) - servers[name], 2) for name, pid in stack.pids.items()}
+    return out
 
 
 def emulator_run(
@@ -94,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         stack = stack_mod.start(state_dir=work / "stack")
+        os.environ.update(stack.env)  # this process's uploads go to the stack's GCS
         try:
             with LatencyProxy("127.0.0.1", stack.ports["gcs"], rtt_s=args.rtt_ms / 1000) as proxy:
                 for r in range(args.rounds):
                     rnd = {
-                        "local": ours_throughput(images, work, "efficientnet_lite0", None),
-                        "emulator": emulator_run(images, stack, f"e{r}", None),
-                        "emulator_proxy": emulator_run(images, stack, f"p{r}", proxy),
+                        "local": timed(partial(ours_throughput, images, work, "efficientnet_lite0", None), stack),
+                        "emulator": timed(partial(emulator_run, images, stack, f"e{r}", None), stack),
+                        "emulator_proxy": timed(partial(emulator_run, images, stack, f"p{r}", proxy), stack),
                     }
                     base = rnd["local"]["images_per_s"]
                     rnd["ratio_emulator"] = rnd["emulator"]["images_per_s"] / base
@@ -115,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = statistics.median([r[key] for r in rounds])
     print(f"| {args.images} photos, {os.cpu_count()} CPUs | img/s (per round) | / local (median) |")
     print("|---|---|---:|")
-    for what, key in (("local", None), ("emulator", "ratio_emulator"), ("emulator + 50 ms GCS", "ratio_emulator_proxy")):
+    for what, key in (
+        ("local", None),
+        ("emulator", "ratio_emulator"),
+        ("emulator + 50 ms GCS", "ratio_emulator_proxy"),
+    ):
         col = {"local": "local", "emulator": "emulator", "emulator + 50 ms GCS": "emulator_proxy"}[what]
         rates = ", ".join(f"{r[col]['images_per_s']:.1f}" for r in rounds)
         ratio = f"{results[key]:.2f}" if key else "1"

@@ -70,8 +70,14 @@ class BlobReadAhead:
         ValueError: an argument is below 1.
     """
 
-    def __init__(self, *, max_requests: int = 32, max_bytes: int = 64 << 20, assumed_bytes: int = 1 << 20) -> None:
-        for what, value in (("max_requests", max_requests), ("max_bytes", max_bytes), ("assumed_bytes", assumed_bytes)):
+    def __init__(
+        self, *, max_requests: int = 32, max_bytes: int = 64 << 20, assumed_bytes: int = 1 << 20
+    ) -> None:
+        for what, value in (
+            ("max_requests", max_requests),
+            ("max_bytes", max_bytes),
+            ("assumed_bytes", assumed_bytes),
+        ):
             if value < 1:
                 raise ValueError(f"{what} must be at least 1, got {value!r}")
         self.max_requests = max_requests

@@ -47,7 +47,9 @@ class DigestProcessor(buildflow.Processor):
 
 
 @pytest.fixture
-def proxied_gcs(stack_env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LatencyProxy, list[GCSFileEvent]]]:
+def proxied_gcs(
+    stack_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[LatencyProxy, list[GCSFileEvent]]]:
     """Upload events of N objects of the GCS fake, whose reads go through a 50 ms proxy
     (STORAGE_EMULATOR_HOST points at it); the setup's own requests go direct."""
     bucket_name = f"read-ahead-{datetime.datetime.now().strftime('%H%M%S%f')}"
@@ -101,13 +103,15 @@ def test_objects_are_read_many_at_a_time_within_the_byte_budget(
 
     result = run_processor(Budgeted(), uploads)
     assert result.dead_letters == []
-    assert sorted((r["_event_id"].rsplit("/", 1)[1].split("#")[0], r["sha256"]) for r in result.rows) == sorted(
-        expected().items()
-    )
+    assert sorted(
+        (r["_event_id"].rsplit("/", 1)[1].split("#")[0], r["sha256"]) for r in result.rows
+    ) == sorted(expected().items())
     assert len(result.rows) == N  # exactly one row per event
     stats = result.summary.processors[0].read_ahead
     assert 1 < stats["reads"] <= N  # the rest were reached by process_batch first (budget)
-    assert proxy.peak_in_flight_of(DOWNLOAD) > 1, proxy.peak_in_flight_of(DOWNLOAD)  # several requests waited at once
+    assert proxy.peak_in_flight_of(DOWNLOAD) > 1, proxy.peak_in_flight_of(
+        DOWNLOAD
+    )  # several requests waited at once
     assert 1 < stats["peak_requests"]
     assert stats["peak_bytes"] <= budget
 

@@ -118,7 +118,7 @@ def test_a_failed_read_is_not_kept_and_the_next_access_reads_again() -> None:
     try:
         ra.start([event])
         with pytest.raises(FileNotFoundError, match="gone"):
-            event.blob
+            _ = event.blob
         counter.wait_for("calls", 1)
         with counter.changed:  # the read ahead has finished (failed)
             assert counter.changed.wait_for(lambda: counter.now == 0, 10)
@@ -148,7 +148,12 @@ def test_payloads_in_memory_are_not_read_ahead_and_references_of_every_source_ar
         counter.wait_for("now", 2)  # both references in flight together
         assert ra.stats.reads == 2
         gate.set()
-        assert (in_message.blob, reference.blob, kafka.blob, in_memory.blob) == (b"inline", b"ref", b"kref", b"mem")
+        assert (in_message.blob, reference.blob, kafka.blob, in_memory.blob) == (
+            b"inline",
+            b"ref",
+            b"kref",
+            b"mem",
+        )
     finally:
         ra.close()
 
