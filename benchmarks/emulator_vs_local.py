@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             with LatencyProxy("127.0.0.1", stack.ports["gcs"], rtt_s=args.rtt_ms / 1000) as proxy:
                 for r in range(args.rounds):
                     rnd = {
-                        "local": timed(partial(ours_throughput, images, work, "efficientnet_lite0", None), stack),
+                        "local": timed(
+                            partial(ours_throughput, images, work, "efficientnet_lite0", None), stack
+                        ),
                         "emulator": timed(partial(emulator_run, images, stack, f"e{r}", None), stack),
                         "emulator_proxy": timed(partial(emulator_run, images, stack, f"p{r}", proxy), stack),
                     }

@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
@@ -73,6 +74,10 @@ class FileEvent:
             self._finish_blob_read(future)
         else:
             future = d["_blob_future"]
+            if not future.done():  # another thread's read (e.g. read-ahead) is in flight
+                t0 = time.perf_counter()
+                concurrent.futures.wait([future])
+                d["_blob_wait_s"] = d.get("_blob_wait_s", 0.0) + time.perf_counter() - t0
         return future.result()  # type: ignore[no-any-return]
 
     def blob_reader(self) -> BlobReader | None:

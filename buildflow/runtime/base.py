@@ -119,7 +119,7 @@ class ProcessorStats:
         default_factory=lambda: {"pull": 0.0, "process": 0.0, "write": 0.0, "ack": 0.0}
     )
     # payload read-ahead (buildflow.runtime.readahead.ReadAheadStats.as_dict), after the run
-    read_ahead: dict[str, int] = dataclasses.field(default_factory=dict)
+    read_ahead: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> ProcessorStats:
         """A copy that later updates of this one do not change."""

@@ -42,6 +42,9 @@ class ReadAheadStats:
         bytes_read: Bytes those reads returned.
         peak_requests: Most reads in flight at once.
         peak_bytes: Most bytes held (reserved or read, not yet released) at once.
+        wait_s: Seconds that readers of ``event.blob`` (``process``) spent waiting for
+            reads still in flight, summed over the released events: 0 when every read
+            finished before it was needed.
     """
 
     def __init__(self) -> None:
@@ -49,8 +52,9 @@ class ReadAheadStats:
         self.bytes_read = 0
         self.peak_requests = 0
         self.peak_bytes = 0
+        self.wait_s = 0.0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
 
 
@@ -112,6 +116,7 @@ class BlobReadAhead:
             for event in events:
                 gone.add(id(event))
                 self._held_bytes -= self._held.pop(id(event), 0)
+                self.stats.wait_s += getattr(event, "__dict__", {}).get("_blob_wait_s", 0.0)
             if gone and self._pending:
                 self._pending = collections.deque(e for e in self._pending if id(e) not in gone)
             self._dispatch_locked()
