@@ -94,6 +94,7 @@ def emulator_run(
         "images": s["events"],
         "rows": s["rows"],
         "images_per_s": s["busy_events_per_s"],
+        "batches": p["batches"],
         "stage_s": p.get("stage_s"),
         "read_ahead": p.get("read_ahead"),
         "setup_s": p["setup_s"],

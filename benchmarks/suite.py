@@ -10,6 +10,11 @@ these cores:
 * **Ceilings.** Bare model throughput on pre-decoded tensors at the processor's micro-batch
   size (16), with the backend and streams the processor uses; bare decode + preprocess
   throughput with the processor's decode threads (one per core) on the same images.
+* **Component ceilings.** Every decode path (:data:`DECODE_VARIANTS`: Pillow at full size,
+  Pillow draft, simplejpeg DCT-scaled) and every (backend, precision) this CPU runs
+  (:data:`MODEL_VARIANTS`; bf16 and int8 only with the instructions, else the reason is
+  printed), and the shared-cores bound of the fastest decode with the fastest fp32 model
+  (and with each reduced precision): "ours / fp32 bound" is issue 19's measure.
 * **Shared-cores ceiling.** ``1 / (1/decode + 1/model)``: both ceilings above use every
   core, so a pipeline whose decode and model share the cores cannot beat this bound.
 * **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
@@ -238,6 +243,8 @@ def ours_throughput(
         "setup_s": p["setup_s"],
         "model_load_s": load_s,
         "peak_rss_mb": s["peak_rss_mb"],
+        "batches": p["batches"],
+        "stage_s": p.get("stage_s"),
         # the processor counts its model loads per backend: backend_torch / backend_onnxruntime
         "backend": next((k.removeprefix("backend_") for k in p["metrics"] if k.startswith("backend_")), "?"),
     }
