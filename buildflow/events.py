@@ -78,7 +78,7 @@ class FileEvent:
                 t0 = time.perf_counter()
                 concurrent.futures.wait([future])
                 d["_blob_wait_s"] = d.get("_blob_wait_s", 0.0) + time.perf_counter() - t0
-        return future.result()  # type: ignore[no-any-return]
+        return future.result()
 
     def blob_reader(self) -> BlobReader | None:
         """The reader of the payload, or None when the payload is in the event itself."""
