@@ -47,6 +47,7 @@ from buildflow.errors import (
 from buildflow.io.base import (
     DeadLetterRow,
     Envelope,
+    EventOutcome,
     OutputRecord,
     RowRejection,
     SinkRuntime,
@@ -133,6 +134,22 @@ class _BatchResult:
         self.envelopes = envelopes
         self.records = records
         self.dead = dead
+
+
+def _outcomes(result: _BatchResult) -> list[EventOutcome]:
+    """Each event's written rows (in ``row_index`` order) or dead-letter record."""
+    rows: dict[str, list[OutputRecord]] = {}
+    for r in result.records:
+        rows.setdefault(r.event_id, []).append(r)
+    dead = {d.event_id: d.values for d in result.dead}
+    return [
+        EventOutcome(
+            e.event_id,
+            [r.values for r in sorted(rows.get(e.event_id, []), key=lambda r: r.row_index)],
+            dead.get(e.event_id),
+        )
+        for e in result.envelopes
+    ]
 
 
 class _Worker:
@@ -434,6 +451,8 @@ class _Worker:
                         result.dead[r.index].event_id,
                         r.reason,
                     )
+            if getattr(self.source, "wants_outcomes", False):
+                await self.source.settle(_outcomes(result))
             t_ack = time.monotonic()
             self.stats.stage_s["write"] += t_ack - t_write
             try:
