@@ -31,7 +31,7 @@ command) is run by bash in a fresh copy of the app's folder (``main.py``; ``buil
 ``models``, ``processors``, ``schemas`` linked; ``infra`` copied), with ``HOME`` a scratch
 folder (so ``~/photos`` is the test's), the venv's ``bin`` first on ``PATH``, the exports of
 earlier commands (``eval``, ``export``) kept, ``y`` on stdin (the answer to a y/N prompt,
-echoed into the output as a terminal would) and ``COLUMNS=100``. A ``buildflow run`` without
+which click echoes as a terminal would) and ``COLUMNS=100``. A ``buildflow run`` without
 ``--until-idle`` or ``--max-events`` runs until Ctrl-C, so it is started in the background
 (the README's "another terminal") and gets SIGINT, as from Ctrl-C, before the next
 ``buildflow destroy`` or after the last command; while it runs, a command with expected output
@@ -75,8 +75,8 @@ _COMMENT = re.compile(r"<!--(.*?)-->", re.S)
 _DIRECTIVE = re.compile(r"^(first|then|run|skip|expect|vary)\s+`([^`]*)`(?:\s+as\s+`([^`]*)`)?\s*:\s*(.*)$")
 _BOX = frozenset("┏┓┗┛┡┩┢┪┣┫┳┻╇╈╋━┃│─┼┬┴├┤┌┐└┘╭╮╰╯═║╔╗╚╝╠╣╦╩╬ ")
 _UNIT = r"(?:events/s|img/s|images/s|rows/s|/s|ms|min|s|KB|MB|GB|KiB|MiB|GiB)"
+_LOG_TIME = re.compile(r"\[\d\d/\d\d/\d\d \d\d:\d\d:\d\d\]")  # Rich's log time column
 _VOLATILE = (
-    re.compile(r"\[\d\d/\d\d/\d\d \d\d:\d\d:\d\d\]"),  # Rich's log time column
     re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?" + _UNIT + r"(?![\w/])"),
     re.compile(r"\b\d\d:\d\d:\d\d\b"),  # logging's %H:%M:%S
 )
@@ -282,6 +282,7 @@ def normalise_lines(text: str, vary: Sequence[str] = ()) -> list[str]:
 
 
 def _replace_volatile(text: str, vary: Sequence[str]) -> str:
+    text = _LOG_TIME.sub("", text)  # Rich leaves it out when it repeats: compared as absent
     for pattern in vary:
         text = re.sub(pattern, "~", text)
     for regex in _VOLATILE:
@@ -292,15 +293,16 @@ def _replace_volatile(text: str, vary: Sequence[str]) -> str:
 def missing_lines(expected: str, actual: str, vary: Sequence[str] = ()) -> list[str]:
     """The lines of ``expected`` not found, in order, in ``actual`` (both normalised; the
     actual output is compared as one line, so that wrapping does not matter)."""
-    joined = " " + _replace_volatile(" ".join(normalise_lines(actual, vary)), vary) + " "
+    joined = _replace_volatile(" ".join(normalise_lines(actual, vary)), vary)
     position = 0
     missing = []
     for line in normalise_lines(expected, vary):
-        found = joined.find(" " + line + " ", position)
-        if found < 0:
+        # whole words: "11 row(s)" is not in "111 row(s)", nor "0.93" in "0.934"
+        found = re.compile(r"(?<!\S)" + re.escape(line) + r"(?!\w|\.\d)").search(joined, position)
+        if found is None:
             missing.append(line)
         else:
-            position = found + len(line) + 1
+            position = found.end()
     return missing
 
 
@@ -377,7 +379,7 @@ class Session:
             timeout=timeout_s,
             check=False,
         )
-        output = proc.stdout.decode(errors="replace").replace("[y/N]: ", "[y/N]: y\n")
+        output = proc.stdout.decode(errors="replace")
         result = Result(command, output, proc.returncode, time.monotonic() - started)
         self.results.append(result)
         return result
@@ -448,12 +450,15 @@ def session_env(folder: Path, extra: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def expectations(walk: Walkthrough, commands: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:
-    """Expected output per command index, and the lines expected of the whole walkthrough."""
+def expectations(
+    walk: Walkthrough, commands: Sequence[str], captured: bool = True
+) -> tuple[dict[int, list[str]], list[str]]:
+    """Expected output per command index, and the lines expected of the whole walkthrough
+    (``captured=False``: only the ``expect`` directives')."""
     keys = [key(c) for c in commands]
     per_command: dict[int, list[str]] = {}
     whole: list[str] = []
-    for block in walk.outputs:
+    for block in walk.outputs if captured else ():
         current: int | None = None
         lines: list[str] = []
         for line in block.text.splitlines():
@@ -477,8 +482,21 @@ def expectations(walk: Walkthrough, commands: Sequence[str]) -> tuple[dict[int, 
         index = next((i for i, k in enumerate(keys) if k.startswith(d.argument)), None)
         if index is None:
             raise AssertionError(f"walkthrough {walk.name!r}: `expect {d.argument}` names no command of it")
-        per_command.setdefault(index, []).append(d.reason)
+        per_command.setdefault(index, []).append(EXPECT_SEPARATOR + d.reason)
     return per_command, whole
+
+
+#: Marks an ``expect`` line: compared on its own, anywhere in the output (not in the order
+#: of the captured lines).
+EXPECT_SEPARATOR = "\x00"
+
+
+def missing_in(expected: Sequence[str], actual: str, vary: Sequence[str] = ()) -> list[str]:
+    """:func:`missing_lines` of the captured lines (in order) and of each ``expect`` line."""
+    captured = [line for line in expected if not line.startswith(EXPECT_SEPARATOR)]
+    alone = [line[1:] for line in expected if line.startswith(EXPECT_SEPARATOR)]
+    missing = missing_lines("\n".join(captured), actual, vary) if captured else []
+    return missing + [m for line in alone for m in missing_lines(line, actual, vary)]
 
 
 def commands_of(walk: Walkthrough) -> list[str]:
@@ -506,14 +524,22 @@ def commands_of(walk: Walkthrough) -> list[str]:
 
 
 def run_walkthrough(
-    name: str, root: Path, *, stack_state: Path | None = None, env: dict[str, str] | None = None
+    name: str,
+    root: Path,
+    *,
+    stack_state: Path | None = None,
+    env: dict[str, str] | None = None,
+    compare: bool = True,
 ) -> list[Result]:
     """Run walkthrough ``name`` of README.md in a fresh folder under ``root`` and compare its
-    outputs; raises AssertionError naming the command, the missing lines and the output."""
+    outputs; raises AssertionError naming the command, the missing lines and the output.
+
+    ``compare=False`` checks only the ``expect`` directives (a run in the background is still
+    waited for through them), to refresh the README's captured output (:func:`transcript`)."""
     walk = walkthroughs()[name]
     folder = prepare_folder(root, stack_state)
     commands = commands_of(walk)
-    per_command, whole = expectations(walk, commands)
+    per_command, whole = expectations(walk, commands, captured=compare)
     vary = [d.argument for d in walk.of("vary")]
     session = Session(folder, session_env(folder, env))
     try:
@@ -523,11 +549,11 @@ def run_walkthrough(
             if runs_until_interrupted(command):
                 session.start(command)
                 continue
-            wanted = "\n".join(per_command.get(index, []))
+            wanted = per_command.get(index, [])
             deadline = time.monotonic() + POLL_TIMEOUT_S
             while True:
                 result = session.run(command)
-                missing = missing_lines(wanted, result.output, vary) if wanted else []
+                missing = missing_in(wanted, result.output, vary)
                 if result.returncode == 0 and not missing:
                     break
                 if not session.background or time.monotonic() > deadline:
@@ -535,10 +561,12 @@ def run_walkthrough(
                 session.results.pop()  # a poll while a background run works: try again
                 time.sleep(1.0)  # bounded poll interval (the run writes in its own time)
         session.stop_background()
+        if not compare:
+            return session.results
         for index, command in enumerate(commands):
             if runs_until_interrupted(command):
                 result = next(r for r in session.results if r.command == command)
-                missing = missing_lines("\n".join(per_command.get(index, [])), result.output, vary)
+                missing = missing_in(per_command.get(index, []), result.output, vary)
                 if result.returncode != 0 or missing:
                     _fail(walk, command, result, missing, session)
         if whole:
@@ -552,6 +580,17 @@ def run_walkthrough(
     finally:
         session.close()
     return session.results
+
+
+def transcript(results: Sequence[Result]) -> str:
+    """``$ command`` and its output, for each result: the form of the README's captured sessions.
+
+    To refresh the quick start's::
+
+        PYTHONPATH=$PWD .venv/bin/python -c "import tempfile, pathlib; from tests import walkthroughs as w; \\
+            print(w.transcript(w.run_walkthrough('quickstart', pathlib.Path(tempfile.mkdtemp()), compare=False)))"
+    """
+    return "\n".join(f"$ {key(r.command)}\n{r.output.rstrip()}\n" for r in results)
 
 
 def _fail(walk: Walkthrough, command: str, result: Result, missing: list[str], session: Session) -> None:
