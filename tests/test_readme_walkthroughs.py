@@ -25,14 +25,20 @@ needs_fashion_mnist = pytest.mark.skipif(
 #: Fenced shell blocks that are not run here, each with the reason. Keyed by the block's
 #: innermost heading and its first command; every other shell block must be a walkthrough.
 NOT_RUN = {
-    ("Walkthrough", "gcloud auth application-default login"): "needs a real Google Cloud project and its credentials",
+    (
+        "Walkthrough",
+        "gcloud auth application-default login",
+    ): "needs a real Google Cloud project and its credentials",
     ("What has been verified, and how", "gcloud auth application-default login"): (
         "tests/gcp against a real project (skipped without BUILDFLOW_GCP_SMOKE_PROJECT)"
     ),
     ("A real cluster", "export RAY_AUTH_MODE=token"): (
         "several machines; tests/integration/test_ray_runtime.py starts a two-node cluster with token auth"
     ),
-    ("The training API's pixel payloads", "buildflow produce ~/photos --kafka $KAFKA_BOOTSTRAP_SERVERS/images"): (
+    (
+        "The training API's pixel payloads",
+        "buildflow produce ~/photos --kafka $KAFKA_BOOTSTRAP_SERVERS/images",
+    ): (
         "fragments without a consumer; tests/training/test_streamed_accuracy.py (Kafka) and "
         "test_pixel_payloads_pubsub.py (Pub/Sub) produce these payloads and check every row"
     ),
@@ -51,9 +57,8 @@ def _durations(name: str, results: list[wt.Result], started: float, cpu_started:
     """Printed with -s: wall and CPU seconds of the walkthrough (CPU: of the commands it ran,
     which a busy machine does not inflate as much as wall time), and each command's wall time."""
     steps = ", ".join(f"{wt.key(r.command)[:40]!r} {r.seconds:.1f} s" for r in results)
-    print(
-        f"walkthrough {name}: {time.monotonic() - started:.1f} s wall, {_cpu_s() - cpu_started:.1f} s CPU ({steps})"
-    )
+    wall, cpu = time.monotonic() - started, _cpu_s() - cpu_started
+    print(f"walkthrough {name}: {wall:.1f} s wall, {cpu:.1f} s CPU ({steps})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,7 +76,9 @@ def test_every_shell_block_is_a_walkthrough_or_listed_with_a_reason() -> None:
             continue
         first = wt.shell_commands(block.text)[0]
         listed = (block.headings[-1], wt.key(first)[: len(wt.key(first))])
-        reason = next((r for (h, c), r in NOT_RUN.items() if h == listed[0] and wt.key(first).startswith(c)), None)
+        reason = next(
+            (r for (h, c), r in NOT_RUN.items() if h == listed[0] and wt.key(first).startswith(c)), None
+        )
         if reason is None:
             unmarked.append(f"{block.where}: {wt.key(first)!r}")
         else:
@@ -85,7 +92,9 @@ def test_every_shell_block_is_a_walkthrough_or_listed_with_a_reason() -> None:
 
 def test_every_walkthrough_has_a_test_and_its_directives_match_its_commands() -> None:
     found = wt.walkthroughs()
-    assert set(found) == TESTED, f"walkthroughs without a test: {set(found) - TESTED}; gone: {TESTED - set(found)}"
+    assert set(found) == TESTED, (
+        f"walkthroughs without a test: {set(found) - TESTED}; gone: {TESTED - set(found)}"
+    )
     for walk in found.values():
         assert walk.blocks, f"walkthrough {walk.name!r} has output blocks but no commands"
         commands = wt.commands_of(walk)  # raises on a directive that matches no command
@@ -130,9 +139,18 @@ def test_python_claims_are_compared_with_the_value() -> None:
 
 
 def test_heredocs_continuations_and_comments_are_one_command_each() -> None:
-    script = "# a comment\nfoo a  # says foo\ncat > f.py <<'PY'\nx = 1  # not a command\nPY\nbar \\\n  --baz\n"
-    assert wt.shell_commands(script) == ["foo a  # says foo", "cat > f.py <<'PY'\nx = 1  # not a command\nPY", "bar \\\n  --baz"]
-    assert wt.key('buildflow query main:app "SELECT 1 # x"  # run it') == 'buildflow query main:app "SELECT 1 # x"'
+    script = (
+        "# a comment\nfoo a  # says foo\ncat > f.py <<'PY'\nx = 1  # not a command\nPY\nbar \\\n  --baz\n"
+    )
+    assert wt.shell_commands(script) == [
+        "foo a  # says foo",
+        "cat > f.py <<'PY'\nx = 1  # not a command\nPY",
+        "bar \\\n  --baz",
+    ]
+    assert (
+        wt.key('buildflow query main:app "SELECT 1 # x"  # run it')
+        == 'buildflow query main:app "SELECT 1 # x"'
+    )
     assert wt.runs_until_interrupted("buildflow run main:app   # in another terminal")
     assert not wt.runs_until_interrupted("buildflow run kafka_main:app --until-idle")
 
@@ -182,7 +200,9 @@ def test_serving(tmp_path: Path) -> None:
     assert walk_block.language == "python"
     folder = wt.prepare_folder(tmp_path)
     wrong = wt.run_python_block(walk_block.text, folder)
-    assert not wrong, f"{walk_block.where}: values that differ from their comments (statement, claim, value): {wrong}"
+    assert not wrong, (
+        f"{walk_block.where}: values that differ from their comments (statement, claim, value): {wrong}"
+    )
 
 
 @pytest.mark.slow

@@ -188,7 +188,8 @@ def walkthroughs(text: str | None = None) -> dict[str, Walkthrough]:
             match = _DIRECTIVE.match(raw.strip())
             if not match or not match.group(4).strip():
                 raise ValueError(
-                    f"{block.where}: walkthrough {name.strip()!r}: cannot read the directive {raw.strip()!r}; "
+                    f"{block.where}: walkthrough {name.strip()!r}: cannot read the directive "
+                    f"{raw.strip()!r}; "
                     "write KIND `ARG`: reason (KIND: first, then, run `OLD` as `NEW`, skip, expect, vary)"
                 )
             walk.directives.append(Directive(match.group(1), match.group(2), match.group(3), match.group(4)))
@@ -435,7 +436,12 @@ def session_env(folder: Path, extra: dict[str, str] | None = None) -> dict[str, 
     checkout's code importable (``PYTHONPATH``), ``HOME`` a scratch folder, the model cache
     shared with the test session's (so the ONNX export is not redone), ``COLUMNS=100``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDFLOW_", "PYTEST_"))}
-    for name in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "KAFKA_BOOTSTRAP_SERVERS"):
+    for name in (
+        "PUBSUB_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+        "BIGQUERY_EMULATOR_HOST",
+        "KAFKA_BOOTSTRAP_SERVERS",
+    ):
         env.pop(name, None)
     env["XDG_CACHE_HOME"] = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     if "BUILDFLOW_CACHE_DIR" in os.environ:
@@ -587,8 +593,9 @@ def transcript(results: Sequence[Result]) -> str:
 
     To refresh the quick start's::
 
-        PYTHONPATH=$PWD .venv/bin/python -c "import tempfile, pathlib; from tests import walkthroughs as w; \\
-            print(w.transcript(w.run_walkthrough('quickstart', pathlib.Path(tempfile.mkdtemp()), compare=False)))"
+        PYTHONPATH=$PWD .venv/bin/python -c "import tempfile, pathlib; from tests import walkthroughs as w
+        root = pathlib.Path(tempfile.mkdtemp())
+        print(w.transcript(w.run_walkthrough('quickstart', root, compare=False)))"
     """
     return "\n".join(f"$ {key(r.command)}\n{r.output.rstrip()}\n" for r in results)
 
@@ -621,7 +628,9 @@ def python_claims(source: str) -> Iterator[tuple[ast.stmt, str | None]]:
         if isinstance(statement, ast.Expr) and comment.startswith("#"):
             text = comment[1:].strip()
             candidates = [text] + [text.split(": ", 1)[1]] if ": " in text else [text]
-            claim = next((c for c in candidates if re.match(r"^([\[\('\"{\d]|-\d|\w+\(|(True|False|None)$)", c)), None)
+            claim = next(
+                (c for c in candidates if re.match(r"^([\[\('\"{\d]|-\d|\w+\(|(True|False|None)$)", c)), None
+            )
         yield statement, claim
 
 
@@ -638,7 +647,9 @@ def run_python_block(source: str, cwd: Path) -> list[tuple[str, str, str]]:
             code = ast.unparse(statement)
             if isinstance(statement, ast.Expr):
                 value = eval(compile(ast.Expression(statement.value), "<README>", "eval"), namespace)
-                if claim is not None and not checker.check_output(claim + "\n", repr(value) + "\n", doctest.ELLIPSIS):
+                if claim is not None and not checker.check_output(
+                    claim + "\n", repr(value) + "\n", doctest.ELLIPSIS
+                ):
                     wrong.append((code, claim, repr(value)))
             else:
                 exec(compile(ast.Module([statement], []), "<README>", "exec"), namespace)

@@ -29,8 +29,8 @@ file is loaded, before any data is read. A complete example, annotated, is
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
