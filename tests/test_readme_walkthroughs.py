@@ -35,17 +35,20 @@ NOT_RUN = {
     ("A real cluster", "export RAY_AUTH_MODE=token"): (
         "several machines; tests/integration/test_ray_runtime.py starts a two-node cluster with token auth"
     ),
-    (
-        "The training API's pixel payloads",
-        "buildflow produce ~/photos --kafka $KAFKA_BOOTSTRAP_SERVERS/images",
-    ): (
-        "fragments without a consumer; tests/training/test_streamed_accuracy.py (Kafka) and "
-        "test_pixel_payloads_pubsub.py (Pub/Sub) produce these payloads and check every row"
-    ),
 }
 
 #: The walkthroughs this file runs; a README walkthrough without a test here fails below.
-TESTED = {"quickstart", "emulator", "kafka", "training", "finetune", "serving", "fashion-mnist-stream", "ray"}
+TESTED = {
+    "pixel-payloads",
+    "quickstart",
+    "emulator",
+    "kafka",
+    "training",
+    "finetune",
+    "serving",
+    "fashion-mnist-stream",
+    "ray",
+}
 
 
 def _cpu_s() -> float:
@@ -203,6 +206,16 @@ def test_serving(tmp_path: Path) -> None:
     assert not wrong, (
         f"{walk_block.where}: values that differ from their comments (statement, claim, value): {wrong}"
     )
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_pixel_payloads(tmp_path: Path, local_stack: Stack) -> None:
+    """The producers only: tests/training/test_streamed_accuracy.py (Kafka) and
+    test_pixel_payloads_pubsub.py (Pub/Sub) consume these payloads and check every row."""
+    started, cpu = time.monotonic(), _cpu_s()
+    results = wt.run_walkthrough("pixel-payloads", tmp_path, stack_state=local_stack.state_dir)
+    _durations("pixel-payloads", results, started, cpu)
 
 
 @pytest.mark.slow
