@@ -77,15 +77,12 @@ def test_every_shell_block_is_a_walkthrough_or_listed_with_a_reason() -> None:
             continue
         if block.marker and block.marker.split(":", 1)[0].strip() == "walkthrough":
             continue
-        first = wt.shell_commands(block.text)[0]
-        listed = (block.headings[-1], wt.key(first)[: len(wt.key(first))])
-        reason = next(
-            (r for (h, c), r in NOT_RUN.items() if h == listed[0] and wt.key(first).startswith(c)), None
-        )
-        if reason is None:
-            unmarked.append(f"{block.where}: {wt.key(first)!r}")
+        first = wt.key(wt.shell_commands(block.text)[0])
+        entry = next((e for e in NOT_RUN if e[0] == block.headings[-1] and first.startswith(e[1])), None)
+        if entry is None:
+            unmarked.append(f"{block.where}: {first!r}")
         else:
-            used.add(next((h, c) for (h, c) in NOT_RUN if h == listed[0] and wt.key(first).startswith(c)))
+            used.add(entry)
     assert not unmarked, (
         "README shell blocks with no <!-- walkthrough: NAME --> marker (see tests/walkthroughs.py) "
         f"and not in NOT_RUN: {unmarked}"
