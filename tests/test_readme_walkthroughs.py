@@ -153,6 +153,7 @@ def test_heredocs_continuations_and_comments_are_one_command_each() -> None:
     )
     assert wt.runs_until_interrupted("buildflow run main:app   # in another terminal")
     assert not wt.runs_until_interrupted("buildflow run kafka_main:app --until-idle")
+    assert wt.runs_until_interrupted("buildflow serve main:app --port 8080     # prints endpoint: ...")
 
 
 # ------------------------------------------------------------------------------------------

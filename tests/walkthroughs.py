@@ -32,8 +32,8 @@ command) is run by bash in a fresh copy of the app's folder (``main.py``; ``buil
 folder (so ``~/photos`` is the test's), the venv's ``bin`` first on ``PATH``, the exports of
 earlier commands (``eval``, ``export``) kept, ``y`` on stdin (the answer to a y/N prompt,
 which click echoes as a terminal would) and ``COLUMNS=100``. A ``buildflow run`` without
-``--until-idle`` or ``--max-events`` runs until Ctrl-C, so it is started in the background
-(the README's "another terminal") and gets SIGINT, as from Ctrl-C, before the next
+``--until-idle`` or ``--max-events`` (or a ``buildflow serve``) runs until Ctrl-C, so it is
+started in the background (the README's "another terminal") and gets SIGINT, as from Ctrl-C, before the next
 ``buildflow destroy`` or after the last command; while it runs, a command with expected output
 is re-run (bounded) until that output appears. Every command must exit 0.
 
@@ -321,8 +321,10 @@ class Result:
 
 
 def runs_until_interrupted(command: str) -> bool:
-    """A ``buildflow run`` that only Ctrl-C ends."""
+    """A ``buildflow run`` (or ``serve``) that only Ctrl-C ends."""
     words = key(command).split()
+    if words[:2] == ["buildflow", "serve"]:
+        return True
     return words[:2] == ["buildflow", "run"] and not {"--until-idle", "--max-events"} & set(words)
 
 
