@@ -1,0 +1,264 @@
+"""Edges of the in-process runtime that mutation testing (./mutation.sh) found unguarded: the
+per-event retry's delay schedule and its handling of a ``process_batch`` that raises,
+overwritten objects skipped rather than dead-lettered, the dead-letter record itself, the
+idle test of ``until_idle`` runs, a source whose backlog query fails, and
+``InProcessRuntime.request_stop`` (defaults, hard, before and after a run). Source and
+sink are test doubles (tests/unit/test_runtime.py); the runtime is the real one."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildflow.errors import ObjectOverwrittenError
+from buildflow.io import GCSFileEvent
+from buildflow.io.base import Envelope, OutputRecord, RowRejection, SinkRuntime
+from buildflow.runtime import inprocess
+from buildflow.runtime.base import RunOptions
+from buildflow.runtime.inprocess import InProcessRuntime
+from buildflow.schema import TableSchema
+from buildflow.testing import run_processor
+from tests.unit.test_failure_paths import OPTS, _run_bounded, _Source, _with
+from tests.unit.test_runtime import (
+    Base,
+    FileSink,
+    FileSinkProvider,
+    LoggedSource,
+    Named,
+    Row,
+    _bound,
+    _FileSinkRuntime,
+    _LoggedSourceRuntime,
+    _recorders,
+    events,
+)
+
+
+def test_an_event_is_retried_after_doubling_delays(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(inprocess.time, "sleep", lambda s: slept.append(s))
+
+    class Down(Base):
+        max_attempts = 4
+        retry_backoff_ms = 30
+
+        def process(self, event: GCSFileEvent) -> Row:
+            raise TimeoutError("service down")
+
+    result = run_processor(Down(), events(1))
+    assert slept == [0.03, 0.06, 0.12]  # retry_backoff_ms, doubled before each next attempt
+    assert result.dead_letters[0]["attempts"] == 4
+
+
+def test_a_process_batch_that_raises_on_a_retry_is_retried_then_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inprocess.time, "sleep", lambda s: None)
+    calls: list[int] = []
+
+    class Raising(Base):
+        max_attempts = 3
+        retry_backoff_ms = 1
+
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            calls.append(len(events))
+            raise ConnectionError(f"model server down, call {len(calls)}")
+
+    result = run_processor(Raising(), events(1))
+    assert result.rows == []
+    (dead,) = result.dead_letters
+    assert dead["errors"] == [f"ConnectionError: model server down, call {i}" for i in (1, 2, 3)]
+    assert dead["attempts"] == 3 and calls == [1, 1, 1]
+
+
+@pytest.mark.parametrize("chain", ["itself", "cause", "context"])
+def test_an_overwritten_object_is_skipped_not_dead_lettered(chain: str) -> None:
+    class Gone(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            if event.name != "f001.jpg":
+                return Row(event.name, 0)
+            gone = ObjectOverwrittenError("generation 1 of f001.jpg was overwritten")
+            if chain == "itself":
+                raise gone
+            if chain == "cause":
+                raise ValueError("cannot read") from gone
+            try:
+                raise gone
+            except ObjectOverwrittenError:
+                raise ValueError("cannot read")  # noqa: B904 (the overwrite is its __context__)
+
+    result = run_processor(Gone(), events(3))
+    assert sorted(r["name"] for r in result.rows) == ["f000.jpg", "f002.jpg"]
+    assert result.dead_letters == []
+    assert result.summary.events == 3
+
+
+def test_an_exception_chain_with_a_cycle_is_dead_lettered() -> None:
+    class Cyclic(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            a, b = ValueError("a"), RuntimeError("b")
+            a.__context__, b.__context__ = b, a
+            raise a
+
+    result = _in_thread(lambda: run_processor(Cyclic(), events(1)))
+    assert [d["reason"] for d in result.dead_letters] == ["ValueError: a"]
+
+
+def test_an_exception_without_a_message_is_dead_lettered_with_its_repr() -> None:
+    class Mute(Base):
+        def process(self, event: GCSFileEvent) -> Row:
+            raise ValueError()
+
+    (dead,) = run_processor(Mute(), events(1)).dead_letters
+    assert dead["reason"] == "ValueError: ValueError()"
+
+
+class _IndexSink(_FileSinkRuntime):
+    """Records each row's (event_id, row_index) and the failed_at of dead-letter rows."""
+
+    async def write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
+        for r in records:
+            self.decl.rows.append([r.event_id, r.row_index, str(r.values.get("failed_at"))])
+        return []
+
+
+class _IndexSinkProvider(FileSinkProvider):
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        assert isinstance(self.declaration, FileSink)
+        return _IndexSink(self.declaration)
+
+
+class Rejecting(Base):
+    def process(self, event: GCSFileEvent) -> Row:
+        raise ValueError(f"cannot read {event.name}")
+
+
+def test_a_dead_letter_record_is_row_0_of_its_event_stamped_in_utc(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(
+        Rejecting(),
+        LoggedSource(tuple(events(2)), log=log),
+        FileSink("r", rows=rows, log=slog),
+        FileSink("r.dl"),
+    )
+    bound = _with(
+        bound, dead_letter=_IndexSinkProvider(FileSink("r.dl", rows=dead, log=slog), bound.source.environment)
+    )
+    before = datetime.datetime.now(datetime.UTC)
+    summary = _run_bounded(bound)
+    assert summary.dead_letters == 2
+    got = dead.items()
+    assert sorted((event_id.split("#")[0], index) for event_id, index, _ in got) == [
+        ("test-bucket/f000.jpg", 0),
+        ("test-bucket/f001.jpg", 0),
+    ]
+    for *_, failed_at in got:
+        when = datetime.datetime.fromisoformat(failed_at)
+        assert when.utcoffset() == datetime.timedelta(0) and when >= before
+
+
+class _LateSource(_LoggedSourceRuntime):
+    """Nothing for the first pulls, yet not drained: the events are on their way."""
+
+    def __init__(self, decl: LoggedSource) -> None:
+        super().__init__(decl)
+        self.empty_pulls = 0
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        if self.empty_pulls < 5:
+            self.empty_pulls += 1
+            return []
+        return await super().pull(max_events, timeout_s)
+
+
+def test_an_until_idle_run_waits_for_a_source_that_is_not_drained(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    decl = LoggedSource(tuple(events(3)), log=log)
+    bound = _bound(
+        Named(), decl, FileSink("late", rows=rows, log=slog), FileSink("late.dl", rows=dead, log=slog)
+    )
+    bound = _with(bound, source=_Source(_LateSource, decl, bound.source.environment))
+    summary = _run_bounded(bound)
+    assert sorted(r["name"] for r in rows.items()) == ["f000.jpg", "f001.jpg", "f002.jpg"]
+    assert summary.events == 3 and summary.stop_reason != "error"
+
+
+class _BacklogRaising(_LoggedSourceRuntime):
+    async def backlog(self) -> int | None:
+        raise ConnectionError("the backlog metric is unavailable")
+
+
+def test_a_source_whose_backlog_query_fails_still_delivers_everything(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    decl = LoggedSource(tuple(events(3)), log=log)
+    bound = _bound(Named(), decl, FileSink("bl", rows=rows, log=slog), FileSink("bl.dl", rows=dead, log=slog))
+    bound = _with(bound, source=_Source(_BacklogRaising, decl, bound.source.environment))
+    summary = _in_thread(lambda: InProcessRuntime().run([bound], OPTS, on_progress=lambda stats, s: None))
+    assert len(rows.items()) == 3 and summary.error is None
+    assert summary.processors[0].backlog is None
+
+
+def _in_thread(fn: Any) -> Any:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "did not end within 60 s"
+    return out[0]
+
+
+def _stop_when(runtime: InProcessRuntime, pred: Any, **kw: Any) -> threading.Thread:
+    def stopper() -> None:  # bounded poll
+        deadline = time.monotonic() + 20
+        while not pred() and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        runtime.request_stop(**kw)
+
+    t = threading.Thread(target=stopper, daemon=True)
+    t.start()
+    return t
+
+
+def test_request_stop_drains_and_reports_signal_by_default(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(
+        Named(), LoggedSource(tuple(events(4)), log=log), FileSink("s", rows=rows, log=slog), FileSink("s.dl")
+    )
+    runtime = InProcessRuntime()
+    opts = RunOptions(handle_signals=False, drain_timeout_s=10)  # streaming: only a stop ends it
+    stopper = _stop_when(runtime, lambda: len(rows.items()) == 4)
+    summary = _in_thread(lambda: runtime.run([bound], opts))
+    stopper.join(timeout=30)
+    assert summary.stop_reason == "signal"
+    assert [x for x in log.items() if x.startswith("ack")] != []
+    runtime.request_stop()  # after the run: nothing to stop, and no error
+
+
+def test_request_stop_hard_stops_now_and_says_so(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(
+        Named(), LoggedSource(tuple(events(4)), log=log), FileSink("h", rows=rows, log=slog), FileSink("h.dl")
+    )
+    runtime = InProcessRuntime()
+    opts = RunOptions(handle_signals=False, drain_timeout_s=30)
+    stopper = _stop_when(runtime, lambda: len(rows.items()) == 4, reason="stopped", hard=True)
+    summary = _in_thread(lambda: runtime.run([bound], opts))
+    stopper.join(timeout=30)
+    assert summary.stop_reason == "hard-stop"
+
+
+def test_a_stop_requested_before_the_run_applies_at_its_start(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(
+        Named(), LoggedSource(tuple(events(4)), log=log), FileSink("e", rows=rows, log=slog), FileSink("e.dl")
+    )
+    runtime = InProcessRuntime()
+    runtime.request_stop("max-events")
+    summary = _in_thread(lambda: runtime.run([bound], RunOptions(handle_signals=False, drain_timeout_s=10)))
+    assert summary.stop_reason == "max-events"
