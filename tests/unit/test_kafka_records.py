@@ -65,7 +65,9 @@ def topic(**kw: object) -> KafkaTopic:
 
 
 def test_a_raw_record_carries_its_coordinates_key_headers_and_time() -> None:
-    rec = Record(b"\xff\xd8jpeg", key=b"cat-\xff1", headers=[("label", b"cat"), ("src", None)])
+    rec = Record(
+        b"\xff\xd8jpeg", key=b"cat-\xff1", headers=[("label", b"cat"), ("src", None), ("cam", b"n\xe9")]
+    )
     env = decode_record(rec, topic(), None)
     ev = env.event
     assert env.error is None
@@ -74,7 +76,7 @@ def test_a_raw_record_carries_its_coordinates_key_headers_and_time() -> None:
     # undecodable key bytes are replaced, not an error
     assert ev.key == ev.name == env.object_name == "cat-\ufffd1"
     assert ev.label == "cat"
-    assert dict(ev.metadata) == {"label": "cat", "src": ""}
+    assert dict(ev.metadata) == {"label": "cat", "src": "", "cam": "n\ufffd"}
     assert ev.event_time == datetime.datetime.fromtimestamp(RECORD_MS / 1000, tz=UTC)
     assert ev.blob == b"\xff\xd8jpeg"
     assert env.received_at.tzinfo is UTC and env.attempt == 1
@@ -90,6 +92,11 @@ def test_without_key_headers_or_timestamp_the_name_is_the_coordinates_and_the_ti
     assert ev.name == env.object_name == "photos/3/41"
     assert before <= ev.event_time <= after
     assert ev.event_time == env.received_at
+
+
+def test_a_record_timestamp_of_one_millisecond_is_the_records_time() -> None:
+    ev = decode_record(Record(b"img", timestamp_ms=1), topic(), None).event
+    assert ev.event_time == datetime.datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("value", [b"", None])
@@ -176,6 +183,8 @@ def test_a_malformed_gcs_reference_is_dead_lettered(ref: str) -> None:
 def test_a_local_reference_is_refused_without_reference_root(tmp_path: Path) -> None:
     env = decode_record(Record(b"a.jpg"), topic(payload_format="reference"), None)
     assert str(env.error) == "local reference 'a.jpg' refused: set reference_root on the KafkaTopic"
+    bad = decode_record(Record(b"caf\xe9.jpg"), topic(payload_format="reference"), None)
+    assert str(bad.error) == "local reference 'caf\ufffd.jpg' refused: set reference_root on the KafkaTopic"
 
 
 def test_a_local_reference_reads_inside_reference_root_only(tmp_path: Path) -> None:
@@ -187,5 +196,6 @@ def test_a_local_reference_reads_inside_reference_root_only(tmp_path: Path) -> N
     assert env.event.blob == b"local image"
     outside = decode_record(Record(b"../escape.jpg"), decl, None)
     assert outside.error is None  # refused when read: the runtime dead-letters the read error
-    with pytest.raises(PermissionError, match="resolves outside reference_root"):
+    root = str(tmp_path.resolve())
+    with pytest.raises(PermissionError, match=f"resolves outside reference_root {root!r}$"):
         outside.event.reader.read()

@@ -63,6 +63,7 @@ class Consumer:
         self.consumed: list[tuple[int, float]] = []
         self.subscribed: tuple[list[str], dict[str, Any]] | None = None
         self.assigned: list[Any] | None = None
+        self.metadata_timeouts: list[float] = []
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[list[tuple[str, int, int]]] = []
         self.closed = False
@@ -72,6 +73,7 @@ class Consumer:
         self.subscribed = (topics, callbacks)
 
     def list_topics(self, topic: str, timeout: float) -> Any:
+        self.metadata_timeouts.append(timeout)
         parts = Consumer.partitions
         meta = None if parts is None else types.SimpleNamespace(error=None, partitions=parts)
         return types.SimpleNamespace(topics={} if meta is None else {topic: meta})
@@ -115,13 +117,13 @@ def topic(**kw: Any) -> KafkaTopic:
 
 
 def test_the_consumer_never_commits_or_stores_offsets_by_itself() -> None:
-    async def scenario() -> Consumer:
+    async def scenario() -> tuple[KafkaSource, Consumer]:
         src = KafkaSource(topic(consumer_config=(("session.timeout.ms", "9000"),)), "grp", None)
         assert await src.pull(5, 0.5) == []
         await src.close()
-        return Consumer.made[0]
+        return src, Consumer.made[0]
 
-    con = asyncio.run(scenario())
+    src, con = asyncio.run(scenario())
     assert con.config == {
         **CONSUMER_DEFAULTS,
         "bootstrap.servers": "127.0.0.1:9",
@@ -136,7 +138,8 @@ def test_the_consumer_never_commits_or_stores_offsets_by_itself() -> None:
     assert con.logger is provider.log
     topics, callbacks = con.subscribed or ([], {})
     assert topics == [TOPIC]
-    assert set(callbacks) == {"on_assign", "on_revoke", "on_lost"}
+    # a lost partition (session expired) is given up like a revoked one
+    assert callbacks == {"on_assign": src._assign, "on_revoke": src._revoked, "on_lost": src._revoked}
     assert con.closed
 
 
@@ -175,6 +178,7 @@ def test_manual_assignment_reads_every_partition_without_a_group_join() -> None:
         assert con.subscribed is None
         assert [(p.topic, p.partition) for p in con.assigned or []] == [(TOPIC, 0), (TOPIC, 1)]
         assert await src.is_drained()  # assigned at once
+        assert len(con.metadata_timeouts) == 1 and 0 < con.metadata_timeouts[0] <= 10  # never unbounded
         await src.close()
 
     asyncio.run(scenario())
@@ -230,8 +234,12 @@ def test_nack_seeks_each_partition_back_to_its_lowest_nacked_offset() -> None:
         con = Consumer.made[0]
         con.queued = [Msg(0, o) for o in (4, 5, 6)] + [Msg(1, 9)]
         envs = await src.pull(5, 0.5)
-        await src.nack([envs[2], envs[1], envs[3]])
+        await src.nack([envs[1], envs[2], envs[3]])
         assert sorted(con.seeks) == [(TOPIC, 0, 5), (TOPIC, 1, 9)]
+        # nacked records are no longer in flight: with the rest acked, the source is drained
+        src._assign(con, [tp(0), tp(1)])
+        await src.ack([envs[0]])
+        assert await src.pull(5, 0.5) == [] and await src.is_drained()
         await src.close()
 
     asyncio.run(scenario())
@@ -251,6 +259,37 @@ def test_an_ack_across_partitions_commits_every_owned_one_even_beside_a_revoked_
         for p in range(1, 12):  # one ack per pair {revoked, owned}: each in its own order
             await src.ack([envs[0], envs[p]])
         assert [c for c in con.commits] == [[(TOPIC, p, 101)] for p in range(1, 12)]
+        await src.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_revoked_partition_forgets_its_offsets_and_nack_or_ack_after_it_is_harmless() -> None:
+    async def scenario() -> None:
+        src = KafkaSource(topic(), "grp", None)
+        await src.pull(0, 0.1)
+        con = Consumer.made[0]
+        src._assign(con, [tp(0)])
+        con.queued = [Msg(0, o) for o in range(10)]
+        first = await src.pull(10, 0.5)
+        await src.ack(first)
+        assert con.commits[-1] == [(TOPIC, 0, 10)]
+        con.queued = [Msg(0, 10), Msg(0, 11)]
+        later = await src.pull(5, 0.5)
+        src._revoked(con, [tp(0), tp(5)])  # 5: never held, never pulled
+        assert await src.pull(5, 0.5) == [] and await src.is_drained()  # nothing of 0 in flight now
+        await src.nack(later[:1])  # a record of a partition given up meanwhile
+        assert con.commits[-1] == [(TOPIC, 0, 10)] and con.seeks == [(TOPIC, 0, 10)]
+        # the partition comes back; the group's committed offset says 3 (another consumer
+        # rewound it): what this consumer acked before the revocation counts for nothing
+        src._assign(con, [tp(0)])
+        con.queued = [Msg(0, 3)]
+        (again,) = await src.pull(5, 0.5)
+        await src.ack([again])
+        assert con.commits[-1] == [(TOPIC, 0, 4)]
+        src._revoked(con, [tp(0)])
+        await src.ack(later[1:])  # written after the partition was given up
+        assert con.commits[-1] == [(TOPIC, 0, 4)]  # not ours to commit any more
         await src.close()
 
     asyncio.run(scenario())

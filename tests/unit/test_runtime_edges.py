@@ -19,7 +19,6 @@ import pytest
 from buildflow.errors import ObjectOverwrittenError
 from buildflow.io import GCSFileEvent
 from buildflow.io.base import Envelope, OutputRecord, RowRejection, SinkRuntime
-from buildflow.runtime import inprocess
 from buildflow.runtime.base import RunOptions
 from buildflow.runtime.inprocess import InProcessRuntime
 from buildflow.schema import TableSchema
@@ -42,7 +41,7 @@ from tests.unit.test_runtime import (
 
 def test_an_event_is_retried_after_doubling_delays(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(inprocess.time, "sleep", lambda s: slept.append(s))
+    monkeypatch.setattr("buildflow.runtime.inprocess.time.sleep", lambda s: slept.append(s))
 
     class Down(Base):
         max_attempts = 4
@@ -59,7 +58,7 @@ def test_an_event_is_retried_after_doubling_delays(monkeypatch: pytest.MonkeyPat
 def test_a_process_batch_that_raises_on_a_retry_is_retried_then_dead_lettered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(inprocess.time, "sleep", lambda s: None)
+    monkeypatch.setattr("buildflow.runtime.inprocess.time.sleep", lambda s: None)
     calls: list[int] = []
 
     class Raising(Base):
