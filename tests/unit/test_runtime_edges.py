@@ -79,6 +79,8 @@ def test_a_process_batch_that_raises_on_a_retry_is_retried_then_dead_lettered(
 @pytest.mark.parametrize("chain", ["itself", "cause", "context"])
 def test_an_overwritten_object_is_skipped_not_dead_lettered(chain: str) -> None:
     class Gone(Base):
+        max_batch_size = 8  # the three events in one batch: the skip must not end the batch
+
         def process(self, event: GCSFileEvent) -> Row:
             if event.name != "f001.jpg":
                 return Row(event.name, 0)
@@ -261,3 +263,90 @@ def test_a_stop_requested_before_the_run_applies_at_its_start(tmp_path: Path) ->
     runtime.request_stop("max-events")
     summary = _in_thread(lambda: runtime.run([bound], RunOptions(handle_signals=False, drain_timeout_s=10)))
     assert summary.stop_reason == "max-events"
+
+
+# --- micro-batching and the --max-events budget, with a source that trickles ---------------
+
+
+class _Trickle(_LoggedSourceRuntime):
+    """Hands out at most ``PER_PULL`` events a pull; counts what it handed out."""
+
+    PER_PULL = 1
+    handed = 0
+
+    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        got = await super().pull(min(max_events, self.PER_PULL), timeout_s)
+        type(self).handed += len(got)
+        return got
+
+
+def _trickle(per_pull: int) -> type[_Trickle]:
+    return type("Trickle", (_Trickle,), {"PER_PULL": per_pull, "handed": 0})
+
+
+@pytest.mark.parametrize("per_pull", [1, 3])
+def test_batches_grow_to_max_size_while_the_processor_is_busy_and_go_at_once_when_it_is_idle(
+    tmp_path: Path, per_pull: int
+) -> None:
+    source = _trickle(per_pull)
+    sizes: list[int] = []
+
+    class Busy(Base):
+        max_batch_size = 4
+        max_batch_latency_ms = 800
+
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            sizes.append(len(events))
+            if len(sizes) == 1:  # busy on the first batch until 4 more events were pulled
+                deadline = time.monotonic() + 2  # bounded poll
+                while source.handed < len(events) + 4 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            return [Row(e.name, 0) for e in events]
+
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    decl = LoggedSource(tuple(events(12)), log=log)
+    bound = _bound(Busy(), decl, FileSink("b", rows=rows, log=slog), FileSink("b.dl", rows=dead, log=slog))
+    bound = _with(bound, source=_Source(source, decl, bound.source.environment))
+    summary = _run_bounded(bound)
+    assert summary.events == 12 and len(rows.items()) == 12
+    assert sizes[0] == per_pull  # the processor was idle: the first pull goes at once
+    assert max(sizes) == 4 and all(s <= 4 for s in sizes), sizes  # grown while busy, never past max
+
+
+def test_max_events_counts_events_not_pulls_when_the_source_trickles(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    decl = LoggedSource(tuple(events(20)), log=log)
+
+    class Four(Base):
+        max_batch_size = 4
+        max_batch_latency_ms = 50
+
+        def process(self, event: GCSFileEvent) -> Row:
+            return Row(event.name, 0)
+
+    bound = _bound(Four(), decl, FileSink("m", rows=rows, log=slog), FileSink("m.dl", rows=dead, log=slog))
+    bound = _with(bound, source=_Source(_trickle(1), decl, bound.source.environment))
+    summary = _run_bounded(bound, RunOptions(max_events=5, handle_signals=False, drain_timeout_s=10))
+    assert summary.stop_reason == "max-events"
+    assert summary.events == 5 and len(rows.items()) == 5
+
+
+def test_a_batch_of_only_undecodable_messages_is_dead_lettered_and_acked(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    decl = LoggedSource(tuple(events(1)), log=log, undecodable_first=True)
+    bound = _bound(Named(), decl, FileSink("u", rows=rows, log=slog), FileSink("u.dl", rows=dead, log=slog))
+    summary = _run_bounded(bound)
+    assert [d["stage"] for d in dead.items()] == ["decode"] and rows.items() == []
+    assert "ack 1" in log.items() and summary.dead_letters == 1
+
+
+def test_a_process_batch_with_the_wrong_result_count_says_what_to_return() -> None:
+    class Short(Base):
+        def process_batch(self, events: list[GCSFileEvent]) -> list[Row]:
+            return []
+
+    (dead,) = run_processor(Short(), events(1)).dead_letters
+    assert dead["reason"] == (
+        "ProcessorDefinitionError: processor Short: process_batch returned 0 results for 1 events; "
+        "return exactly one result (row, list of rows, None or Exception) per event, in order."
+    )
