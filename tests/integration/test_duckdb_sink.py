@@ -21,6 +21,7 @@ import pytest
 from buildflow.environment import Environment
 from buildflow.errors import (
     ProvisioningError,
+    QueryError,
     ResourceConflictError,
     ResourceMissingError,
     TransientSinkError,
@@ -547,16 +548,38 @@ def test_a_lock_error_is_told_by_either_word(message: str, is_lock: bool) -> Non
 
 
 def test_open_says_what_is_missing(env: Environment, provider: DuckDBTableProvider) -> None:
-    with pytest.raises(ResourceMissingError, match="warehouse.duckdb' does not exist; run `buildflow plan"):
+    db = str(env.warehouse_path)
+    with pytest.raises(ResourceMissingError) as err:
         provider.open(SCHEMA)
-    with pytest.raises(ResourceMissingError, match="does not exist"):
+    assert str(err.value) == (
+        f"DuckDB file {db!r} does not exist; run `buildflow plan <app>` first to create the tables."
+    )
+    with pytest.raises(ResourceMissingError) as err:
         provider.query("SELECT 1")
+    assert str(err.value) == f"DuckDB file {db!r} does not exist; run `buildflow plan <app>` first."
     other = DuckDBTableProvider(BigQueryTable(table_id="ds.other"), env)
     created(other)  # the file and the dataset exist, the table does not
     with pytest.raises(ResourceMissingError, match=r"table ds\.t does not exist in .*; run `buildflow plan"):
         provider.open(SCHEMA)
     created(provider)
     run(write_and_close(provider.open(SCHEMA)))
+
+
+def test_query_is_read_only_and_names_the_tables_there_are(
+    env: Environment, provider: DuckDBTableProvider
+) -> None:
+    created(provider)
+    db = str(env.warehouse_path)
+    with pytest.raises(QueryError) as err:
+        provider.query("SELECT * FROM ds.nope")
+    assert str(err.value).startswith("Catalog Error: Table with name nope does not exist!")
+    assert str(err.value).endswith(
+        f"; tables in {db!r}: ds.t. Run `buildflow plan <app>` to create the app's tables."
+    )
+    with pytest.raises(QueryError) as err:
+        provider.query("CREATE TABLE ds.mine (a INTEGER)")
+    assert str(err.value).startswith("query failed: ") and "read-only" in str(err.value)
+    assert provider.query("SELECT table_name FROM information_schema.tables")[1] == [("t",)]
 
 
 def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider: DuckDBTableProvider) -> None:
