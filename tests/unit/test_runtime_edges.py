@@ -7,10 +7,11 @@ sink are test doubles (tests/unit/test_runtime.py); the runtime is the real one.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,19 @@ class Rejecting(Base):
         raise ValueError(f"cannot read {event.name}")
 
 
+@pytest.fixture
+def tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time 9 h ahead of UTC: a naive local timestamp taken for UTC would show."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.usefixtures("tokyo")
 def test_a_dead_letter_record_is_row_0_of_its_event_stamped_in_utc(tmp_path: Path) -> None:
     log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
     bound = _bound(
@@ -159,21 +173,24 @@ def test_a_dead_letter_record_is_row_0_of_its_event_stamped_in_utc(tmp_path: Pat
         ("test-bucket/f000.jpg", 0),
         ("test-bucket/f001.jpg", 0),
     ]
+    after = datetime.datetime.now(datetime.UTC)
     for *_, failed_at in got:
         when = datetime.datetime.fromisoformat(failed_at)
-        assert when.utcoffset() == datetime.timedelta(0) and when >= before
+        assert when.utcoffset() == datetime.timedelta(0) and before <= when <= after
 
 
 class _LateSource(_LoggedSourceRuntime):
-    """Nothing for the first pulls, yet not drained: the events are on their way."""
+    """Nothing for the first 0.4 s (each pull waits its timeout), yet not drained: the events
+    are on their way. The runtime's idle check runs every 50 ms."""
 
     def __init__(self, decl: LoggedSource) -> None:
         super().__init__(decl)
-        self.empty_pulls = 0
+        self.first_pull: float | None = None
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
-        if self.empty_pulls < 5:
-            self.empty_pulls += 1
+        self.first_pull = self.first_pull or time.monotonic()
+        if time.monotonic() - self.first_pull < 0.4:
+            await asyncio.sleep(timeout_s)
             return []
         return await super().pull(max_events, timeout_s)
 
@@ -275,6 +292,7 @@ class _Trickle(_LoggedSourceRuntime):
     handed = 0
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
+        await asyncio.sleep(0.001)  # a real source waits on I/O: the loop runs other tasks
         got = await super().pull(min(max_events, self.PER_PULL), timeout_s)
         type(self).handed += len(got)
         return got
@@ -310,6 +328,7 @@ def test_batches_grow_to_max_size_while_the_processor_is_busy_and_go_at_once_whe
     summary = _run_bounded(bound)
     assert summary.events == 12 and len(rows.items()) == 12
     assert sizes[0] == per_pull  # the processor was idle: the first pull goes at once
+    assert sizes[1] == 4  # the next batch filled up while the processor was busy
     assert max(sizes) == 4 and all(s <= 4 for s in sizes), sizes  # grown while busy, never past max
 
 
