@@ -369,3 +369,17 @@ def test_a_process_batch_with_the_wrong_result_count_says_what_to_return() -> No
         "ProcessorDefinitionError: processor Short: process_batch returned 0 results for 1 events; "
         "return exactly one result (row, list of rows, None or Exception) per event, in order."
     )
+
+
+def test_the_batch_time_histogram_holds_each_batchs_process_time(tmp_path: Path) -> None:
+    """``buildflow_batch_seconds``: one observation per micro-batch, each within the run."""
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(
+        Named(), LoggedSource(tuple(events(6)), log=log), FileSink("t", rows=rows, log=slog), FileSink("t.dl")
+    )
+    started = time.monotonic()
+    summary = _run_bounded(bound)
+    wall_s = time.monotonic() - started
+    stats = summary.processors[0]
+    assert stats.batch_s.count == stats.batches > 0
+    assert 0 < stats.batch_s.total <= wall_s
