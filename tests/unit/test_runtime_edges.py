@@ -383,3 +383,40 @@ def test_the_batch_time_histogram_holds_each_batchs_process_time(tmp_path: Path)
     stats = summary.processors[0]
     assert stats.batch_s.count == stats.batches > 0
     assert 0 < stats.batch_s.total <= wall_s
+
+
+class _SlowHalf(Base):
+    """Odd events fail; each event takes 20 ms (a model's work), so batches reach the
+    writer one after another rather than all at once."""
+
+    max_batch_size = 1
+
+    def process(self, event: GCSFileEvent) -> Row:
+        time.sleep(0.02)
+        if event.size % 2:
+            raise ValueError(f"cannot read {event.name}")
+        return Row(event.name, 0)
+
+
+def test_the_run_summary_counts_every_write_and_times_the_first_and_last(tmp_path: Path) -> None:
+    log, rows, dead, slog, dlog = _recorders(tmp_path, "log", "rows", "dead", "slog", "dlog")
+    bound = _bound(
+        _SlowHalf(),
+        LoggedSource(tuple(events(7)), log=log),  # the last event (f006) has a row
+        FileSink("w", rows=rows, log=slog),
+        FileSink("w.dl", rows=dead, log=dlog, failures=1),  # the first dead-letter write retried
+    )
+    opts = RunOptions(
+        until_idle=True, idle_grace_ms=0, handle_signals=False, sink_retry_initial_ms=50, sink_retry_max_ms=50
+    )
+    t0, wall0 = time.monotonic(), time.time()
+    summary = _run_bounded(bound, opts)
+    wall_s, wall1 = time.monotonic() - t0, time.time()
+    stats = summary.processors[0]
+    assert len(rows.items()) == stats.rows == 4
+    assert len(dead.items()) == stats.dead_letters == summary.dead_letters == 3
+    assert stats.dead_letters_by_type == {"ValueError": 3}
+    assert stats.sink_writes >= 2  # the counts above add up over several writes
+    assert stats.first_row_s is not None and stats.last_write_s is not None
+    assert 0 < stats.first_row_s < stats.last_write_s <= wall_s
+    assert stats.first_row_at is not None and wall0 <= stats.first_row_at <= wall1
