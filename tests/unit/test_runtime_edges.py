@@ -420,3 +420,26 @@ def test_the_run_summary_counts_every_write_and_times_the_first_and_last(tmp_pat
     assert stats.first_row_s is not None and stats.last_write_s is not None
     assert 0 < stats.first_row_s < stats.last_write_s <= wall_s
     assert stats.first_row_at is not None and wall0 <= stats.first_row_at <= wall1
+
+
+class _BadRejectionSink(_FileSinkRuntime):
+    async def write(self, records: Sequence[OutputRecord]) -> list[RowRejection]:
+        return [RowRejection(len(records) + 5, "no such row")]  # a sink bug: no such index
+
+
+class _BadRejectionSinkProvider(FileSinkProvider):
+    def open(self, schema: TableSchema) -> SinkRuntime:
+        assert isinstance(self.declaration, FileSink)
+        return _BadRejectionSink(self.declaration)
+
+
+def test_an_unexpected_error_in_a_stage_ends_the_run_naming_the_stage(tmp_path: Path) -> None:
+    log, rows, dead, slog = _recorders(tmp_path, "log", "rows", "dead", "slog")
+    bound = _bound(Named(), LoggedSource(tuple(events(2)), log=log), FileSink("x"), FileSink("x.dl"))
+    bound = _with(
+        bound, sink=_BadRejectionSinkProvider(FileSink("x", rows=rows, log=slog), bound.source.environment)
+    )
+    summary = _run_bounded(bound)
+    assert summary.stop_reason == "error"
+    assert summary.error == "Named-write failed: IndexError: list index out of range"
+    assert not [x for x in log.items() if x.startswith("ack")]  # nothing acked
