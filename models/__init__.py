@@ -13,9 +13,11 @@ A checkpoint trained by ``python -m models.training`` loads by URI, with its cla
 and preprocessing: ``load_model("checkpoint:runs/fashion_mnist_cnn/model.pt")`` (or
 ``gs://bucket/...``).
 
-Inference runs on ONNX Runtime when it is installed and agrees with torch on real photos
-(the model is exported once and cached), else on torch: ``load_model(name,
-backend="auto" | "torch" | "onnxruntime")``; ``classifier.backend`` says which.
+Inference runs on ONNX Runtime or OpenVINO (whichever agrees with torch on real photos
+and is faster on this CPU; the model is exported once and cached), else on torch:
+``load_model(name, backend="auto" | "torch" | "onnxruntime" | "openvino",
+precision="fp32" | "bf16" | "int8" | "auto")``; ``classifier.backend`` and
+``classifier.precision`` say which.
 
 Importing this package loads no model and downloads nothing.
 """
@@ -44,6 +46,7 @@ from .registry import (
     Backend,
     Device,
     ImageClassifier,
+    Precision,
     Prediction,
     available_models,
     load_checkpoint,
@@ -71,6 +74,7 @@ __all__ = [
     "CAT_CLASS_INDICES",
     "Backend",
     "Device",
+    "Precision",
     "Prediction",
     "ImageClassifier",
     "load_model",

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from buildflow.errors import BuildflowError
+from buildflow.errors import BuildflowError, ConfigurationError
 from buildflow.io.base import (
     Envelope,
     OutputRecord,
@@ -507,6 +507,13 @@ class RayRuntime(Runtime):
         options: RunOptions,
         on_progress: Callable[[list[ProcessorStats], float], None] | None = None,
     ) -> RunSummary:
+        for b in processors:
+            if getattr(b.source, "answers_senders", False):
+                raise ConfigurationError(
+                    f"processor {b.name}: {b.spec.source.describe()} answers each request with its "
+                    "rows, which the ray runtime does not support yet; run it with --runtime "
+                    "inprocess (the default), or read from a topic or bucket on ray"
+                )
         ray = _import_ray()
         with self._stop_lock:
             self._stop = None
@@ -889,6 +896,11 @@ class RayRuntime(Runtime):
             out.batch_s.add(s.batch_s)
             for kind, n in s.dead_letters_by_type.items():
                 out.dead_letters_by_type[kind] = out.dead_letters_by_type.get(kind, 0) + n
+            for stage, seconds in s.stage_s.items():  # summed over replicas
+                out.stage_s[stage] = out.stage_s.get(stage, 0.0) + seconds
+            for key, value in s.read_ahead.items():  # counts summed, peaks per replica's max
+                old = out.read_ahead.get(key, 0)
+                out.read_ahead[key] = max(old, value) if key.startswith("peak_") else old + value
             if s.first_row_at is not None and (out.first_row_at is None or s.first_row_at < out.first_row_at):
                 out.first_row_at = s.first_row_at
             if s.setup_s is not None:
