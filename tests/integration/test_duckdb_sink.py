@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import re
 import subprocess
 import sys
 import time
@@ -20,13 +21,14 @@ import pytest
 from buildflow.environment import Environment
 from buildflow.errors import (
     ProvisioningError,
+    QueryError,
     ResourceConflictError,
     ResourceMissingError,
     TransientSinkError,
 )
 from buildflow.io.base import OutputRecord, SinkDeclaration, SinkRuntime
 from buildflow.io.google.declarations import BigQueryTable
-from buildflow.io.local import DuckDBTable
+from buildflow.io.local import DuckDBTable, duckdb_sink
 from buildflow.io.local.duckdb_sink import (
     DuckDBTableProvider,
     create_table_sql,
@@ -409,8 +411,12 @@ def test_write_to_a_dropped_table_is_transient(env: Environment, provider: DuckD
     sink = provider.open(SCHEMA)
     with duckdb.connect(str(env.warehouse_path)) as con:
         con.execute("DROP TABLE ds.t")
-    with pytest.raises(TransientSinkError, match="buildflow plan"):
+    with pytest.raises(TransientSinkError) as err:
         run(write_and_close(sink, [record("e1", 0, sample_row())]))
+    assert str(err.value) == (
+        "table ds.t no longer exists (deleted while running, e.g. by `buildflow destroy`): "
+        "the run stops; `buildflow plan <app>` creates it again"
+    )
 
 
 @contextlib.contextmanager
@@ -464,20 +470,116 @@ def test_a_write_while_another_process_holds_the_file_is_transient_then_succeeds
     assert provider.query("SELECT _event_id, image FROM ds.t")[1] == [("e1", "a.jpg")]
 
 
+# --- how long the sink holds the file (others wait for its lock meanwhile) -------------------
+
+
+def test_writes_in_quick_succession_share_one_connection(provider: DuckDBTableProvider) -> None:
+    created(provider)
+    sink: Any = provider.open(SCHEMA)
+
+    async def main() -> list[Any]:
+        cons = []
+        try:
+            for i in range(3):
+                await sink.write([record(f"e{i}", 0, sample_row())])
+                cons.append(sink._con)
+        finally:
+            await sink.close()
+        return cons
+
+    cons = run(main())
+    assert cons[0] is not None and cons[0] is cons[1] is cons[2]
+
+
+def test_a_connection_held_for_hold_max_s_is_released_for_readers_before_the_next_write(
+    provider: DuckDBTableProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created(provider)
+    monkeypatch.setattr(duckdb_sink, "HOLD_MAX_S", 0.0)
+    sink: Any = provider.open(SCHEMA)
+
+    async def main() -> list[Any]:
+        cons = []
+        try:
+            for i in range(2):
+                await sink.write([record(f"e{i}", 0, sample_row())])
+                cons.append(sink._con)
+        finally:
+            await sink.close()
+        return cons
+
+    first, second = run(main())
+    assert first is not None and second is not None and first is not second
+    assert len(provider.query("SELECT _event_id FROM ds.t")[1]) == 2
+
+
+def test_the_file_is_released_once_the_sink_is_idle(provider: DuckDBTableProvider) -> None:
+    created(provider)
+    sink: Any = provider.open(SCHEMA)
+
+    async def main() -> bool:
+        try:
+            await sink.write([record("e1", 0, sample_row())])
+            assert sink._con is not None
+            deadline = time.monotonic() + 10 * duckdb_sink.IDLE_CLOSE_S  # bounded poll
+            while sink._con is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return sink._con is None
+        finally:
+            await sink.close()
+
+    assert run(main()), f"the file was still open {10 * duckdb_sink.IDLE_CLOSE_S} s after the last write"
+
+
+@pytest.mark.parametrize(
+    ("message", "is_lock"),
+    [
+        ('IO Error: Could not set lock on file "w.duckdb": Conflicting lock is held', True),
+        ("IO Error: Could not set lock on file", True),
+        ("Conflicting lock is held in /usr/bin/python3 (PID 7)", True),
+        ("Catalog Error: Table with name t does not exist!", False),
+    ],
+)
+def test_a_lock_error_is_told_by_either_word(message: str, is_lock: bool) -> None:
+    assert duckdb_sink._is_lock_error(duckdb.IOException(message)) is is_lock
+
+
 # --- open() ---------------------------------------------------------------------------------
 
 
 def test_open_says_what_is_missing(env: Environment, provider: DuckDBTableProvider) -> None:
-    with pytest.raises(ResourceMissingError, match="warehouse.duckdb' does not exist; run `buildflow plan"):
+    db = str(env.warehouse_path)
+    with pytest.raises(ResourceMissingError) as err:
         provider.open(SCHEMA)
-    with pytest.raises(ResourceMissingError, match="does not exist"):
+    assert str(err.value) == (
+        f"DuckDB file {db!r} does not exist; run `buildflow plan <app>` first to create the tables."
+    )
+    with pytest.raises(ResourceMissingError) as err:
         provider.query("SELECT 1")
+    assert str(err.value) == f"DuckDB file {db!r} does not exist; run `buildflow plan <app>` first."
     other = DuckDBTableProvider(BigQueryTable(table_id="ds.other"), env)
     created(other)  # the file and the dataset exist, the table does not
     with pytest.raises(ResourceMissingError, match=r"table ds\.t does not exist in .*; run `buildflow plan"):
         provider.open(SCHEMA)
     created(provider)
     run(write_and_close(provider.open(SCHEMA)))
+
+
+def test_query_is_read_only_and_names_the_tables_there_are(
+    env: Environment, provider: DuckDBTableProvider
+) -> None:
+    created(provider)
+    db = str(env.warehouse_path)
+    with pytest.raises(QueryError) as err:
+        provider.query("SELECT * FROM ds.nope")
+    assert str(err.value).startswith("Catalog Error: Table with name nope does not exist!")
+    assert str(err.value).endswith(
+        f"; tables in {db!r}: ds.t. Run `buildflow plan <app>` to create the app's tables."
+    )
+    with pytest.raises(QueryError) as err:
+        provider.query("CREATE TABLE ds.mine (a INTEGER)")
+    assert str(err.value).startswith("query failed: ") and "read-only" in str(err.value)
+    assert provider.query("SELECT table_name FROM information_schema.tables")[1] == [("t",)]
 
 
 def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider: DuckDBTableProvider) -> None:
@@ -499,6 +601,8 @@ def test_rows_duckdb_refuses_are_rejected_alone_and_the_others_written(provider:
     rejected = run(go())
     assert sorted(r.index for r in rejected) == sorted(bad)
     assert all("UTF-8" in r.reason for r in rejected)
+    # the reason names DuckDB's exception class, e.g. "ConversionException"
+    assert all(re.match(r"DuckDB refused the row: \w+(Exception|Error): ", r.reason) for r in rejected)
     _, rows = provider.query("SELECT _event_id FROM ds.t ORDER BY _event_id")
     assert [r[0] for r in rows] == [f"e{i}" for i in range(7) if i not in bad]
 

@@ -221,6 +221,10 @@ def test_a_source_whose_ack_raises_ends_the_run_with_an_error(tmp_path: Path, un
         "processor Named: acking 2 events on GCSFileStream(bucket='photos') failed: "
     )
     assert "RuntimeError: ack rejected: the subscription was deleted" in summary.error
+    assert summary.error.endswith(
+        "their rows are written, so the redelivery on the next run is skipped by the sink's "
+        "(event id, row index) key"
+    )
     assert len(rows.items()) >= 2  # written before the ack that failed
 
 
