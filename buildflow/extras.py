@@ -32,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("psycopg", "psycopg_pool"),
     "ray": ("ray",),
     "ui": ("fastapi", "uvicorn", "multipart", "PIL"),
+    "http": ("starlette", "uvicorn", "python_multipart"),
     "app": ("torch", "torchvision", "PIL", "numpy", "onnxruntime", "onnx"),
     "train": ("pydantic", "yaml", "sklearn", "matplotlib", "tensorboard"),
 }

@@ -1,7 +1,7 @@
-"""The ``buildflow`` command: plan, run, query, destroy, upload, produce.
+"""The ``buildflow`` command: plan, run, serve, query, destroy, upload, produce.
 
-One module per command group (:mod:`.provision`, :mod:`.run`, :mod:`.data`, :mod:`.query`,
-:mod:`.backfill`, :mod:`.doctor`),
+One module per command group (:mod:`.provision`, :mod:`.run`, :mod:`.serve`, :mod:`.data`,
+:mod:`.query`, :mod:`.backfill`, :mod:`.doctor`),
 all registered on one Typer app (:data:`cli`) from :mod:`._common`.
 
 Exit codes: 0 done; 1 a clear error (printed as one or a few lines, never a traceback
@@ -16,6 +16,7 @@ from buildflow.cli import doctor as doctor
 from buildflow.cli import provision as provision
 from buildflow.cli import query as query
 from buildflow.cli import run as run
+from buildflow.cli import serve as serve
 from buildflow.cli._common import cli as cli
 from buildflow.cli._common import load_app as load_app
 

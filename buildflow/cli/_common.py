@@ -24,7 +24,7 @@ from buildflow.runtime.base import BoundProcessor
 
 #: The order ``buildflow --help`` lists the commands in: a user's first session top to bottom.
 #: Commands not listed here follow in the order they were registered.
-COMMAND_ORDER: tuple[str, ...] = ("plan", "run", "upload", "produce", "query", "destroy")
+COMMAND_ORDER: tuple[str, ...] = ("plan", "run", "serve", "upload", "produce", "query", "destroy")
 
 
 def plain_help(command: Any) -> Any:

@@ -173,6 +173,20 @@ def _also(first: ProgressCallback | None, then: ProgressCallback) -> ProgressCal
     return both
 
 
+def _listen_endpoints(bound: list[BoundProcessor]) -> None:
+    """Bind every ``HTTPEndpoint`` source now and print its URL, before the models load (a
+    port in use or a missing token fails here, in one line)."""
+    from buildflow.io.http.provider import HTTPEndpointProvider
+
+    for b in bound:
+        if isinstance(b.source, HTTPEndpointProvider):
+            try:
+                url = b.source.listen()
+            except BuildflowError as e:
+                raise fail(e) from e
+            err.print(f"endpoint: {url} (POST an image; {b.name})", markup=False, soft_wrap=True)
+
+
 def _start_ui(
     bound: list[BoundProcessor], on: bool, host: str, port: int, token: str | None, max_upload_mb: float
 ) -> tuple[Any, ProgressCallback | None]:
@@ -334,6 +348,8 @@ def run_cmd(
         + ", ".join(f"{b.name} ({b.spec.source.describe()} -> {b.spec.sink.describe()})" for b in bound)
         + (" until idle" if until_idle else "; Ctrl-C to stop")
     )
+    if runtime_name == "inprocess":
+        _listen_endpoints(bound)
     ui_server, on_ui = _start_ui(bound, ui, ui_host, ui_port, ui_token, ui_max_upload_mb)
     try:
         exporter, on_metrics = start_metrics(bound, metrics_port, metrics_host)

@@ -2,7 +2,8 @@
 
 One package per system, each holding its declarations and its providers: :mod:`.google`
 (GCS, Pub/Sub, BigQuery), :mod:`.kafka`, :mod:`.postgres`, :mod:`.local` (folders and
-DuckDB). Importing a declaration never imports a client library."""
+DuckDB), :mod:`.http` (a synchronous predict endpoint). Importing a declaration never
+imports a client library."""
 
 from buildflow.events import FileEvent as FileEvent
 from buildflow.events import GCSFileEvent as GCSFileEvent
@@ -10,6 +11,8 @@ from buildflow.events import PubSubMessageEvent as PubSubMessageEvent
 from buildflow.io.google import BigQueryTable as BigQueryTable
 from buildflow.io.google import GCSFileStream as GCSFileStream
 from buildflow.io.google import PubSubSubscription as PubSubSubscription
+from buildflow.io.http import HTTPEndpoint as HTTPEndpoint
+from buildflow.io.http import HTTPRequestEvent as HTTPRequestEvent
 from buildflow.io.kafka import KafkaMessageEvent as KafkaMessageEvent
 from buildflow.io.kafka import KafkaTopic as KafkaTopic
 from buildflow.io.local import DuckDBTable as DuckDBTable
@@ -20,6 +23,8 @@ __all__ = [
     "PubSubSubscription",
     "KafkaTopic",
     "KafkaMessageEvent",
+    "HTTPEndpoint",
+    "HTTPRequestEvent",
     "BigQueryTable",
     "DuckDBTable",
     "PostgresTable",

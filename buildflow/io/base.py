@@ -37,6 +37,7 @@ __all__ = [
     "OutputRecord",
     "DeadLetterRow",
     "RowRejection",
+    "EventOutcome",
     "DEAD_LETTER_TABLE_NAME",
 ]
 
@@ -130,6 +131,24 @@ class RowRejection:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class EventOutcome:
+    """What became of one event, for a source that answers its sender (see
+    :attr:`SourceRuntime.wants_outcomes`).
+
+    Attributes:
+        event_id: The event's id (:attr:`Envelope.event_id`).
+        rows: The rows written to the sink for it, as :attr:`OutputRecord.values`, in
+            ``row_index`` order; empty when ``process`` returned None or the event failed.
+        dead_letter: Its dead-letter record (a :class:`DeadLetterRow` as a dict) when it
+            failed, written to the dead-letter sink; else None.
+    """
+
+    event_id: str
+    rows: list[dict[str, Any]]
+    dead_letter: dict[str, Any] | None = None
+
+
 @dataclasses.dataclass
 class DeadLetterRow:
     """What is recorded for an event that could not be processed.
@@ -156,7 +175,13 @@ class SourceRuntime(ABC, Generic[E]):
 
     Implementations must never block the loop: do I/O with ``asyncio.to_thread`` or an
     async client.
+
+    ``wants_outcomes``: True for a request/response source (:class:`~buildflow.io.http.HTTPEndpoint`):
+    the runtime then calls :meth:`settle` with each event's rows or dead-letter record once
+    they are written, just before :meth:`ack`.
     """
+
+    wants_outcomes: ClassVar[bool] = False
 
     @abstractmethod
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[E]]:
@@ -168,6 +193,10 @@ class SourceRuntime(ABC, Generic[E]):
     @abstractmethod
     async def ack(self, envelopes: Sequence[Envelope[E]]) -> None:
         """Mark events done; they are never delivered again."""
+
+    async def settle(self, outcomes: Sequence[EventOutcome]) -> None:  # noqa: B027 - optional hook
+        """What became of events whose rows or dead letters are now written (only called
+        when :attr:`wants_outcomes` is True), right before they are acked."""
 
     @abstractmethod
     async def nack(self, envelopes: Sequence[Envelope[E]]) -> None:
@@ -217,9 +246,16 @@ class SourceProvider(ABC):
     subscription, a Kafka consumer group). Otherwise a scale-out runtime opens it once
     and hands its events to the replicas. A provider may set it per declaration (a Kafka
     topic read by explicit partition assignment is not shared).
+
+    ``answers_senders``: True when the source answers each event's sender with its
+    outcome (an HTTP request waits for its rows); such a source runs in the in-process
+    runtime only.
     """
 
     shared_consumers: bool = False
+    #: True when the source answers each event's sender with its outcome (an HTTP request
+    #: waits for its rows): such a source runs in the in-process runtime only.
+    answers_senders: ClassVar[bool] = False
 
     def __init__(self, declaration: SourceDeclaration, environment: Environment) -> None:
         self.declaration = declaration

@@ -27,6 +27,7 @@ _SOURCES: dict[tuple[str, str], str] = {
     ("PubSubSubscription", "emulator"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
     ("PubSubSubscription", "gcp"): "buildflow.io.google.pubsub:PubSubSubscriptionProvider",
     ("KafkaTopic", _ANY): "buildflow.io.kafka.provider:KafkaSourceProvider",
+    ("HTTPEndpoint", _ANY): "buildflow.io.http.provider:HTTPEndpointProvider",
     ("InMemorySource", _ANY): "buildflow.testing:InMemorySourceProvider",
 }
 
@@ -45,6 +46,7 @@ PROVIDER_EXTRAS: dict[str, str] = {
     "buildflow.io.google": "gcp",
     "buildflow.io.kafka": "kafka",
     "buildflow.io.postgres": "postgres",
+    "buildflow.io.http": "http",
 }
 
 

@@ -47,6 +47,7 @@ from buildflow.errors import (
 from buildflow.io.base import (
     DeadLetterRow,
     Envelope,
+    EventOutcome,
     OutputRecord,
     RowRejection,
     SinkRuntime,
@@ -132,6 +133,22 @@ class _BatchResult:
         self.envelopes = envelopes
         self.records = records
         self.dead = dead
+
+
+def _outcomes(result: _BatchResult) -> list[EventOutcome]:
+    """Each event's written rows (in ``row_index`` order) or dead-letter record."""
+    rows: dict[str, list[OutputRecord]] = {}
+    for r in result.records:
+        rows.setdefault(r.event_id, []).append(r)
+    dead = {d.event_id: d.values for d in result.dead}
+    return [
+        EventOutcome(
+            e.event_id,
+            [r.values for r in sorted(rows.get(e.event_id, []), key=lambda r: r.row_index)],
+            dead.get(e.event_id),
+        )
+        for e in result.envelopes
+    ]
 
 
 class _Worker:
@@ -415,6 +432,8 @@ class _Worker:
                         result.dead[r.index].event_id,
                         r.reason,
                     )
+            if getattr(self.source, "wants_outcomes", False):
+                await self.source.settle(_outcomes(result))
             try:
                 await self.source.ack(result.envelopes)
             except ResourceGoneError:

@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from buildflow.errors import BuildflowError
+from buildflow.errors import BuildflowError, ConfigurationError
 from buildflow.io.base import SinkProvider
 from buildflow.runtime.base import (
     BoundProcessor,
@@ -189,6 +189,13 @@ class RayRuntime(Runtime):
         options: RunOptions,
         on_progress: Callable[[list[ProcessorStats], float], None] | None = None,
     ) -> RunSummary:
+        for b in processors:
+            if getattr(b.source, "answers_senders", False):
+                raise ConfigurationError(
+                    f"processor {b.name}: {b.spec.source.describe()} answers each request with its "
+                    "rows, which the ray runtime does not support yet; run it with --runtime "
+                    "inprocess (the default), or read from a topic or bucket on ray"
+                )
         ray = _import_ray()
         with self._stop_lock:
             self._stop = None

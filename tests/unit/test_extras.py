@@ -18,7 +18,7 @@ import pytest
 from buildflow.environment import Environment
 from buildflow.errors import MissingDependencyError
 from buildflow.extras import EXTRAS, import_optional, install_command, missing_modules, require_extra
-from buildflow.io import BigQueryTable, KafkaTopic, PostgresTable, PubSubSubscription
+from buildflow.io import BigQueryTable, HTTPEndpoint, KafkaTopic, PostgresTable, PubSubSubscription
 from buildflow.io.base import SourceDeclaration
 from buildflow.io.registry import PROVIDER_EXTRAS, sink_provider, source_provider
 
@@ -56,6 +56,7 @@ def test_every_extra_is_declared_in_pyproject_and_installed_by_requirements() ->
             "google.cloud.pubsub_v1",
             "gcp",
         ),
+        (lambda: HTTPEndpoint(route="/classify"), "local", "starlette", "http"),
     ],
 )
 def test_binding_a_declaration_names_the_extra_to_install(
