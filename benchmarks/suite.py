@@ -10,6 +10,11 @@ these cores:
 * **Ceilings.** Bare model throughput on pre-decoded tensors at the processor's micro-batch
   size (16), with the backend and streams the processor uses; bare decode + preprocess
   throughput with the processor's decode threads (one per core) on the same images.
+* **Component ceilings.** Every decode path (:data:`DECODE_VARIANTS`: Pillow at full size,
+  Pillow draft, simplejpeg DCT-scaled) and every (backend, precision) this CPU runs
+  (:data:`MODEL_VARIANTS`; bf16 and int8 only with the instructions, else the reason is
+  printed), and the shared-cores bound of the fastest decode with the fastest fp32 model
+  (and with each reduced precision): "ours / fp32 bound" is issue 19's measure.
 * **Shared-cores ceiling.** ``1 / (1/decode + 1/model)``: both ceilings above use every
   core, so a pipeline whose decode and model share the cores cannot beat this bound.
 * **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
@@ -88,6 +93,87 @@ def decode_ceiling(datas: list[bytes], model: Any, threads: int | None = None) -
         return len(datas) / (time.perf_counter() - t0)
 
 
+DECODE_VARIANTS = {
+    # name: decode_image keyword arguments besides the bomb limit (target_short_side: the model's)
+    "pillow full size": {"scaled": False, "jpeg_decoder": "pillow"},
+    "pillow draft": {"scaled": True, "jpeg_decoder": "pillow"},
+    "simplejpeg DCT-scaled": {"scaled": True, "jpeg_decoder": "auto"},
+}
+"""The decode paths measured as ceilings: Pillow at full size, Pillow with ``Image.draft``
+(1/2, 1/4, 1/8 DCT scaling), and libjpeg-turbo through simplejpeg at the same scale (what
+the processor uses when simplejpeg is installed)."""
+
+MODEL_VARIANTS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
+"""The (backend, precision) pairs measured as model ceilings, where this CPU runs them."""
+
+
+def decode_variant_ceiling(datas: list[bytes], model: Any, variant: str, threads: int | None = None) -> float:
+    """Images/s of one :data:`DECODE_VARIANTS` decode + the model's preprocessing, on
+    ``threads`` threads (default: the processor's, ``torch.get_num_threads()``)."""
+    import torch
+
+    from models import DEFAULT_MAX_PIXELS, decode_image
+
+    opts = DECODE_VARIANTS[variant]
+    pre = model.preprocessing
+    side = pre.resize_short_side if opts["scaled"] else None
+
+    def one(data: bytes) -> Any:
+        return model.preprocess(
+            decode_image(
+                data, max_pixels=DEFAULT_MAX_PIXELS, target_short_side=side, jpeg_decoder=opts["jpeg_decoder"]
+            )
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(threads or torch.get_num_threads()) as pool:
+        list(pool.map(one, datas[: min(8, len(datas))]))  # warm-up
+        t0 = time.perf_counter()
+        list(pool.map(one, datas))
+        return len(datas) / (time.perf_counter() - t0)
+
+
+def component_ceilings(
+    model_name: str, weights: Path | None, datas: list[bytes], seconds: float
+) -> dict[str, Any]:
+    """Every decode variant's and every (backend, precision) model's ceiling, and the
+    shared-cores bound of the fastest decode with the fastest fp32 model (and with each
+    faster reduced precision this CPU runs). A precision this CPU lacks the instructions
+    for is reported with the reason instead of a figure (``load_model`` would fall back
+    to fp32)."""
+    from models import load_model
+    from models.openvino_backend import import_openvino, precision_support
+
+    out: dict[str, Any] = {"decode": {}, "model": {}, "not_run": {}}
+    ref = load_model(model_name, weights_path=str(weights) if weights else None, backend="onnxruntime")
+    for variant in DECODE_VARIANTS:
+        out["decode"][variant] = decode_variant_ceiling(datas, ref, variant)
+    for backend, precision in MODEL_VARIANTS:
+        label = f"{backend} {precision}"
+        why = precision_support(precision) if precision != "fp32" else None  # type: ignore[arg-type]
+        if backend == "openvino" and import_openvino() is None:
+            why = "the openvino package is not installed"
+        if why:
+            out["not_run"][label] = why
+            continue
+        model = load_model(
+            model_name, weights_path=str(weights) if weights else None, backend=backend, precision=precision
+        )
+        if model.backend != backend or model.precision != precision:
+            out["not_run"][label] = f"load_model gave {model.backend} {model.precision}"
+            continue
+        out["model"][label] = model_ceiling(model, datas, seconds=seconds)
+        del model
+    best_decode = max(out["decode"].values())
+    fp32 = {k: v for k, v in out["model"].items() if k.endswith("fp32")}
+    out["best_decode"] = max(out["decode"], key=out["decode"].__getitem__)
+    out["best_fp32_model"] = max(fp32, key=fp32.__getitem__)
+    out["fp32_bound"] = 1.0 / (1.0 / best_decode + 1.0 / fp32[out["best_fp32_model"]])
+    for label, rate in out["model"].items():
+        if not label.endswith("fp32"):
+            out[f"{label.split()[1]}_bound"] = 1.0 / (1.0 / best_decode + 1.0 / rate)
+    return out
+
+
 def model_ceiling(model: Any, datas: list[bytes], batch: int = BATCH, seconds: float = 8.0) -> float:
     """Images/s of the model alone on pre-decoded, preprocessed tensors at ``batch``."""
     import torch
@@ -157,6 +243,8 @@ def ours_throughput(
         "setup_s": p["setup_s"],
         "model_load_s": load_s,
         "peak_rss_mb": s["peak_rss_mb"],
+        "batches": p["batches"],
+        "stage_s": p.get("stage_s"),
         # the processor counts its model loads per backend: backend_torch / backend_onnxruntime
         "backend": next((k.removeprefix("backend_") for k in p["metrics"] if k.startswith("backend_")), "?"),
     }
@@ -405,6 +493,31 @@ def render(results: dict[str, Any]) -> str:
             f"{ratio(m, 'ours_to_shared')} | {o['launch_to_first_row_s']:.2f} | "
             f"{o['setup_s']:.2f} | {o['peak_rss_mb']:.0f} | {lat_s} |"
         )
+    lines += [
+        "",
+        "| model | decode ceilings img/s | model ceilings img/s (batch 16) | fastest fp32 shared-cores bound "
+        "img/s | ours / fp32 bound | reduced-precision bounds img/s | not run here |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for m in results["models"]:
+        c = m.get("components")
+        if not c:
+            continue
+        reduced = ", ".join(
+            f"{k.removesuffix('_bound')} {v:.1f}"
+            for k, v in c.items()
+            if k.endswith("_bound") and k != "fp32_bound"
+        )
+        lines.append(
+            f"| {m['model']} | "
+            + ", ".join(f"{k} {v:.1f}" for k, v in c["decode"].items())
+            + " | "
+            + ", ".join(f"{k} {v:.1f}" for k, v in c["model"].items())
+            + f" | {c['fp32_bound']:.1f} ({c['best_decode']} + {c['best_fp32_model']}) | "
+            + f"{ratio(m, 'ours_to_fp32_bound')} | {reduced or '-'} | "
+            + ("; ".join(f"{k}: {v}" for k, v in c["not_run"].items()) or "-")
+            + " |"
+        )
     backlog = [(m["model"], m["backlog"]) for m in results["models"] if m.get("backlog")]
     if backlog:
         lines += [
@@ -539,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(model_name, weights_path=str(weights) if weights else None)
             # Rounds of (ceilings, ours) back to back: this VM's speed drifts over minutes,
             # so each ratio is taken within its round, and the median round reported.
+            components = component_ceilings(model_name, weights, datas, seconds=2.0 if args.smoke else 8.0)
+            print(f"{model_name} components: {json.dumps(components)}", file=sys.stderr)
             decode_runs: list[float] = []
             model_runs: list[float] = []
             ours_runs: list[dict[str, Any]] = []
@@ -557,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ours": median_run(ours_runs),
                 "ours_to_min_runs": [o["images_per_s"] / min(d, m) for o, d, m in rounds],
                 "ours_to_shared_runs": [o["images_per_s"] * (1.0 / d + 1.0 / m) for o, d, m in rounds],
+                "components": components,
+                "ours_to_fp32_bound_runs": [o["images_per_s"] / components["fp32_bound"] for o in ours_runs],
             }
             del model
             rate = max(0.5, entry["ours"]["images_per_s"] / 2)

@@ -46,6 +46,13 @@ class Processor:
             with every attempt's error (1: no retry, for deterministic failures such as a
             corrupt image; raise it when processing calls a flaky service).
         retry_backoff_ms: Wait before the second attempt; doubles for each further one.
+        read_ahead_requests / read_ahead_bytes: The payloads of file events (``event.blob``
+            of a bucket upload, a Pub/Sub or Kafka ``gs://`` reference, a local file) are
+            downloaded as soon as their micro-batch is pulled, ahead of ``process``, on
+            I/O threads of the runtime: at most ``read_ahead_requests`` reads in flight
+            (default 32) and ``read_ahead_bytes`` bytes read ahead and not yet processed
+            (default 64 MiB). Set either to 0 for a processor that never reads ``blob``.
+            See :mod:`buildflow.runtime.readahead`.
 
     Scale-out (read by the Ray runtime, ``buildflow run --runtime ray``; the in-process
     runtime runs one replica and ignores them):
@@ -76,6 +83,8 @@ class Processor:
     max_batch_latency_ms: ClassVar[int] = 50
     max_attempts: ClassVar[int] = 1
     retry_backoff_ms: ClassVar[int] = 100
+    read_ahead_requests: ClassVar[int] = 32
+    read_ahead_bytes: ClassVar[int] = 64 << 20
     num_replicas: ClassVar[int] = 1
     min_replicas: ClassVar[int | None] = None
     max_replicas: ClassVar[int | None] = None

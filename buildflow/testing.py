@@ -67,6 +67,8 @@ def sink_rows(name: str) -> list[OutputRecord]:
 class BytesReader(BlobReader):
     """A blob held in memory."""
 
+    in_memory: ClassVar[bool] = True
+
     data: bytes
 
     def read(self) -> bytes:

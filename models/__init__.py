@@ -13,9 +13,11 @@ A checkpoint trained by ``python -m models.training`` loads by URI, with its cla
 and preprocessing: ``load_model("checkpoint:runs/fashion_mnist_cnn/model.pt")`` (or
 ``gs://bucket/...``).
 
-Inference runs on ONNX Runtime when it is installed and agrees with torch on real photos
-(the model is exported once and cached), else on torch: ``load_model(name,
-backend="auto" | "torch" | "onnxruntime")``; ``classifier.backend`` says which.
+Inference runs on ONNX Runtime or OpenVINO (whichever agrees with torch on real photos
+and is faster on this CPU; the model is exported once and cached), else on torch:
+``load_model(name, backend="auto" | "torch" | "onnxruntime" | "openvino",
+precision="fp32" | "bf16" | "int8" | "auto")``; ``classifier.backend`` and
+``classifier.precision`` say which.
 
 Importing this package loads no model and downloads nothing, and imports torch only when one
 of the names below is first used (so :mod:`models.datasets` works without torch).
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         Backend,
         Device,
         ImageClassifier,
+        Precision,
         Prediction,
         available_models,
         load_checkpoint,
@@ -93,6 +96,7 @@ _LAZY = {
             "Backend",
             "Device",
             "ImageClassifier",
+            "Precision",
             "Prediction",
             "available_models",
             "load_checkpoint",
@@ -137,6 +141,7 @@ __all__ = [
     "CAT_CLASS_INDICES",
     "Backend",
     "Device",
+    "Precision",
     "Prediction",
     "ImageClassifier",
     "load_model",

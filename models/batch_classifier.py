@@ -40,6 +40,7 @@ from typing import Protocol, Self, TypeAlias, TypedDict
 
 import torch
 
+from .openvino_backend import Precision
 from .preprocessing import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_file_size, decode_image
 from .registry import Backend, Device, ImageClassifier, Prediction, load_model
 
@@ -99,6 +100,7 @@ class ClassifierOptions(TypedDict, total=False):
     weights_path: str | os.PathLike[str] | None
     device: Device
     backend: Backend
+    precision: Precision
     inference_threads: int | None
     inference_streams: int | None
     top_k: int
@@ -180,6 +182,7 @@ class BatchClassifier:
         weights_path: str | os.PathLike[str] | None = None,
         device: Device = "cpu",
         backend: Backend = "auto",
+        precision: Precision = "fp32",
         inference_threads: int | None = None,
         inference_streams: int | None = None,
         top_k: int = 5,
@@ -193,7 +196,9 @@ class BatchClassifier:
 
         Args:
             model_name: A name of :func:`models.available_models`, or ``checkpoint:<uri>``.
-            weights_path, device, backend: As for :func:`models.load_model`.
+            weights_path, device, backend, precision: As for :func:`models.load_model`
+                (``backend``: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"openvino"``;
+                ``precision``: ``"fp32"``, ``"bf16"``, ``"int8"``, ``"auto"``).
             inference_threads: Threads of one forward pass (of one stream):
                 ``load_model(intra_op_threads=...)``.
             inference_streams: ONNX Runtime: shards a micro-batch is split into, run at
@@ -217,6 +222,7 @@ class BatchClassifier:
             backend=backend,
             intra_op_threads=inference_threads,
             streams=inference_streams,
+            precision=precision,
         )
         side = model.preprocessing.crop_size
         model.predict_proba(torch.zeros(1, model.preprocessing.channels, side, side, device=device))

@@ -227,15 +227,29 @@ class OnnxSession:
                 f"batches (the exported input size), got shape {tuple(batch.shape)}; "
                 "preprocess images with the classifier's preprocessing"
             )
-        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.run_array(batch.detach().to("cpu", torch.float32).contiguous().numpy()))
+
+    def run_array(self, array: np.ndarray) -> np.ndarray:
+        """:meth:`logits` of a float32 NumPy batch ``(N, C, H, W)``, as float32 ``(N, classes)``
+        (the interface of :meth:`models.openvino_backend.OpenVinoSession.run`).
+
+        Raises:
+            ValueError: The batch is empty or its ``(C, H, W)`` is not :attr:`input_shape`.
+        """
+        if array.ndim != 4 or tuple(array.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"the ONNX Runtime backend takes (N, {', '.join(map(str, self.input_shape))}) "
+                f"batches (the exported input size), got shape {tuple(array.shape)}"
+            )
         if array.shape[0] == 0:
             raise ValueError("batch is empty: need at least one image")
+        array = np.ascontiguousarray(array, dtype=np.float32)
         if self._pool is None or array.shape[0] == 1:
-            return torch.from_numpy(self._run(array))
+            return self._run(array)
         shards = np.array_split(array, min(self.streams, array.shape[0]))
         rest = [self._pool.submit(self._run, shard) for shard in shards[1:]]
         outs = [self._run(shards[0])] + [f.result() for f in rest]
-        return torch.from_numpy(np.concatenate(outs))
+        return np.concatenate(outs)
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         (out,) = self._session.run([_OUTPUT_NAME], {_INPUT_NAME: array})

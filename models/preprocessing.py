@@ -14,6 +14,7 @@ import io
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -101,16 +102,27 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     target_short_side: int | None = None,
+    jpeg_decoder: Literal["auto", "pillow"] = "auto",
 ) -> Image.Image:
     """Decode image bytes into a fully loaded RGB image.
 
     Steps: refuse data of more than ``max_bytes`` bytes; identify the format from the
     header; refuse images with more than ``max_pixels`` pixels *before* any pixel is
-    decoded (so a decompression bomb never allocates); for JPEGs, when
-    ``target_short_side`` is given, let libjpeg decode at 1/2, 1/4 or 1/8 scale
-    (``Image.draft``) while keeping the short side ``>= target_short_side``; decode;
-    apply the EXIF orientation (``ImageOps.exif_transpose``); convert to RGB (see
-    below). Animated images (GIF, APNG, WebP) give their first frame.
+    decoded (so a decompression bomb never allocates); decode; apply the EXIF
+    orientation (``ImageOps.exif_transpose``); convert to RGB (see below). Animated
+    images (GIF, APNG, WebP) give their first frame.
+
+    Scaled JPEG decode, when ``target_short_side`` is given: libjpeg-turbo scales in the
+    DCT domain (it computes fewer output pixels instead of decoding every pixel and
+    resizing), to the smallest scale that keeps the short side ``>= target_short_side``.
+    With the ``simplejpeg`` package installed and ``jpeg_decoder="auto"``, a JPEG in
+    YCbCr or grayscale with no EXIF rotation (orientation tag absent or 1) is decoded by
+    ``simplejpeg.decode_jpeg`` (https://gitlab.com/jfolz/simplejpeg) at the scale Pillow's
+    draft would use (1/2, 1/4 or 1/8; full size when none keeps the short side; other M/8
+    scales changed top-1 on 3.8% of 500 real photos), strict about corrupt data. Every other image
+    (CMYK/YCCK JPEGs, rotated JPEGs, PNG, GIF, WebP, ...), or ``jpeg_decoder="pillow"``,
+    or no simplejpeg, takes Pillow's path, where JPEGs use ``Image.draft`` (scales 1/2,
+    1/4, 1/8 only). Both paths make the same header checks first.
 
     Mode conversion: 16-bit modes (``I;16*``) scale 0..65535 to 0..255; 32-bit ``I``
     and ``F`` scale by the range their values fit in: 0..1, 0..255 or 0..65535 map to
@@ -136,11 +148,13 @@ def decode_image(
         target_short_side: Short side, in pixels, the caller will resize to (e.g.
             ``Preprocessing.resize_short_side``); lets JPEGs decode faster at reduced
             scale. ``None`` decodes at full size.
+        jpeg_decoder: ``"auto"`` (default): simplejpeg for plain JPEGs when installed
+            and ``target_short_side`` is given (see above); ``"pillow"``: always Pillow.
 
     Returns:
         A loaded ``PIL.Image.Image`` in mode ``"RGB"``, oriented for display; its size
         is the encoded size (with width and height swapped by a 90-degree EXIF
-        rotation), or a draft-reduced size for JPEGs when ``target_short_side`` is set.
+        rotation), or a DCT-scaled size for JPEGs when ``target_short_side`` is set.
 
     Raises:
         EmptyImageError: ``data`` has zero bytes.
@@ -169,6 +183,10 @@ def decode_image(
             f"image has {width * height} pixels ({image.format} {width}x{height}), over the "
             f"decompression-bomb limit of {max_pixels} (max_pixels)"
         )
+    if target_short_side is not None and jpeg_decoder == "auto":
+        scaled = _decode_jpeg_scaled(data, image, target_short_side)
+        if scaled is not None:
+            return scaled
     try:
         if target_short_side is not None:
             image.draft("RGB", (target_short_side, target_short_side))  # no-op unless JPEG
@@ -186,6 +204,62 @@ def decode_image(
         raise UnsupportedImageError(
             f"cannot convert {image.format} image of mode {image.mode!r} to RGB: {e}"
         ) from e
+
+
+def _decode_jpeg_scaled(
+    data: bytes, header: ImageFile.ImageFile, target_short_side: int
+) -> Image.Image | None:
+    """The simplejpeg decode of ``data`` at the smallest DCT scale whose short side is
+    ``>= target_short_side``; None where Pillow's path must decode it instead (not a
+    YCbCr or grayscale JPEG, an EXIF orientation other than 1, an unreadable EXIF block,
+    or simplejpeg not installed). ``header`` is the image identified (not decoded).
+
+    Raises:
+        TruncatedImageError: libjpeg-turbo reports the data corrupt or truncated.
+    """
+    if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+        return None
+    simplejpeg = _import_simplejpeg()
+    if simplejpeg is None:
+        return None
+    try:
+        if header.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            return None
+    except Exception:
+        return None  # Pillow's path reports or tolerates a bad EXIF block as it always has
+    width, height = header.size
+    # Pillow's draft rule: the largest of 1/8, 1/4, 1/2 keeping both sides >= the target;
+    # asking for exactly that size makes libjpeg-turbo pick exactly that scale.
+    fit = min(width // target_short_side, height // target_short_side)
+    factor = next(f for f in (8, 4, 2, 1) if f <= max(fit, 1))
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_height=-(-height // factor),
+            min_width=-(-width // factor),
+            min_factor=float(factor),
+            strict=True,
+        )
+    except Exception as e:  # simplejpeg raises ValueError for corrupt or truncated data
+        raise TruncatedImageError(f"JPEG image ({width}x{height}) is truncated or corrupt: {e}") from e
+    return Image.fromarray(pixels, "RGB")
+
+
+_EXIF_ORIENTATION = 0x0112
+_SIMPLEJPEG: list[ModuleType | None] = []
+
+
+def _import_simplejpeg() -> ModuleType | None:
+    """The ``simplejpeg`` module, or None when it is not installed (imported once)."""
+    if not _SIMPLEJPEG:
+        try:
+            import simplejpeg
+        except ImportError:
+            _SIMPLEJPEG.append(None)
+        else:
+            _SIMPLEJPEG.append(simplejpeg)
+    return _SIMPLEJPEG[0]
 
 
 def _identify(data: bytes) -> ImageFile.ImageFile:

@@ -11,8 +11,10 @@ Other models are added with :func:`register_model`; checkpoints written by
 ``python -m models.training`` load by URI with ``load_model("checkpoint:<path or gs://...>")``
 (:func:`load_checkpoint`). Nothing is built or loaded at import.
 
-Inference runs on torch eager or on ONNX Runtime (``load_model(..., backend=...)``; the
-export, its cache and the agreement check are in :mod:`models.onnx_backend`).
+Inference runs on torch eager, ONNX Runtime or OpenVINO, in fp32, bf16 or int8
+(``load_model(..., backend=..., precision=...)``; the export, its cache and the agreement
+check are in :mod:`models.onnx_backend`, OpenVINO in :mod:`models.openvino_backend`, the
+choice between them in :mod:`models.backend_selection`).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from .architectures import (  # the catalogue, below both serving and training
     build_backbone,
     registered_preprocessing,
 )
+from .backend_selection import Session, check_arguments, open_session
 from .errors import ModelError
 from .labels import imagenet_labels
-from .onnx_backend import Backend, OnnxSession, open_onnx_session, stream_layout
+from .onnx_backend import OnnxSession, stream_layout
+from .openvino_backend import Precision
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "Device",
+    "Precision",
     "Prediction",
     "ImageClassifier",
     "load_model",
@@ -62,7 +67,8 @@ __all__ = [
 CHECKPOINT_PREFIX = "checkpoint:"
 
 Device = Literal["cpu", "cuda"]
-ActiveBackend = Literal["torch", "onnxruntime"]
+Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
+ActiveBackend = Literal["torch", "onnxruntime", "openvino"]
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,14 @@ class ImageClassifier:
         load_latency_ms: Wall time of the :func:`load_model` call that made it (imports,
             build, weight loading, move to ``device``, one warm-up forward pass; the ONNX
             export and its agreement check when they ran), in milliseconds.
-        backend: What :meth:`predict_proba` runs: ``"torch"`` (``module``, eager) or
-            ``"onnxruntime"`` (``onnx_session``, exported from ``module``).
-        onnx_session: The ONNX Runtime session when ``backend == "onnxruntime"``
-            (its ``path``, ``providers``, ``intra_op_threads``, ``streams`` and ``agreement`` with
-            torch), else None.
+        backend: What :meth:`predict_proba` runs: ``"torch"`` (``module``, eager),
+            ``"onnxruntime"`` or ``"openvino"`` (``onnx_session``, exported from ``module``).
+        onnx_session: The session over the exported file when ``backend`` is not
+            ``"torch"``: a :class:`models.onnx_backend.OnnxSession` (its ``path``,
+            ``providers``, ``intra_op_threads``, ``streams`` and ``agreement`` with torch)
+            or a :class:`models.openvino_backend.OpenVinoSession` (``path``, ``precision``,
+            ``requests``, ``agreement``); else None.
+        precision: What the session computes in: ``"fp32"``, ``"bf16"`` or ``"int8"``.
     """
 
     name: str
@@ -113,7 +122,8 @@ class ImageClassifier:
     device: Device
     load_latency_ms: float
     backend: ActiveBackend = "torch"
-    onnx_session: OnnxSession | None = field(default=None, repr=False)
+    onnx_session: Session | None = field(default=None, repr=False)
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised."""
@@ -268,6 +278,7 @@ def load_model(
     backend: Backend = "auto",
     intra_op_threads: int | None = None,
     streams: int | None = None,
+    precision: Precision = "fp32",
 ) -> ImageClassifier:
     """Build a registered model, load its weights, check it and pick its inference backend.
 
@@ -305,8 +316,14 @@ def load_model(
             architectures when onnxruntime is installed and, on the packaged real
             photos, its top-1 class equals torch's on every photo and its probabilities
             differ by less than 1e-3 (checked once per exported file, stored beside
-            it); otherwise torch, with a logged warning saying why. Custom models and
-            checkpoints use torch under ``"auto"``. See :mod:`models.onnx_backend`.
+            it); otherwise torch, with a logged warning saying why. On the CPU, with the
+            openvino package installed, "auto" also checks OpenVINO on the same file by
+            the same rule and, when both pass, uses the faster one on this CPU (timed
+            once per CPU model and model file, stored in the cache folder's
+            ``speed.json``). ``"openvino"``: OpenVINO on the exported file (CPU only;
+            THROUGHPUT hint, one infer request per stream). Custom models and
+            checkpoints use torch under ``"auto"``. See :mod:`models.onnx_backend`,
+            :mod:`models.openvino_backend` and :mod:`models.backend_selection`.
         intra_op_threads: Threads one forward pass uses. ONNX Runtime: the session's
             ``intra_op_num_threads`` per stream (see ``streams``). torch: calls
             ``torch.set_num_threads(intra_op_threads)``, a process-wide setting
@@ -316,7 +333,16 @@ def load_model(
             single-threaded stream per core (``torch.get_num_threads()``), or one
             stream when only ``intra_op_threads`` is given; on CUDA one stream.
             :func:`models.onnx_backend.stream_layout` has the rules. Ignored by torch
-            (its thread pool is per process).
+            (its thread pool is per process). OpenVINO: the number of infer requests
+            and streams (default: the plugin's own choice for the THROUGHPUT hint).
+        precision: ``"fp32"`` (default), ``"bf16"`` (OpenVINO's inference precision
+            hint; needs AMX or AVX512-BF16), ``"int8"`` (the file quantized once with
+            ONNX Runtime's static quantizer on real photos; needs VNNI or AMX-INT8) or
+            ``"auto"`` (the fastest of those whose top-1 agreement with fp32 on 500
+            distinct real photos is at least 0.99, measured once and stored; else fp32
+            with a log line saying why). Reduced precisions run on OpenVINO; on a CPU
+            without the instructions they fall back to fp32 with a warning. See
+            :mod:`models.quantization`.
 
     Returns:
         The :class:`ImageClassifier`, its ``load_latency_ms`` and ``backend`` set.
@@ -334,7 +360,7 @@ def load_model(
     """
     start = time.perf_counter()
     _check_device(device)
-    _check_backend(backend, intra_op_threads, streams)
+    _check_backend(backend, intra_op_threads, streams, precision)
     if name.startswith(CHECKPOINT_PREFIX):
         if weights_path is not None or labels is not None or num_classes is not None:
             raise ModelError(
@@ -347,6 +373,7 @@ def load_model(
             backend=backend,
             intra_op_threads=intra_op_threads,
             streams=streams,
+            precision=precision,
         )
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -384,12 +411,14 @@ def load_model(
         streams,
         auto_eligible=entry.imagenet,
         start=start,
+        precision=precision,
     )
 
 
-def _check_backend(backend: str, intra_op_threads: int | None, streams: int | None) -> None:
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise ModelError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
+def _check_backend(
+    backend: str, intra_op_threads: int | None, streams: int | None, precision: str = "fp32"
+) -> None:
+    check_arguments(backend, precision)
     stream_layout("cpu", intra_op_threads, streams)  # raises on a bad count
 
 
@@ -401,14 +430,16 @@ def _with_backend(
     *,
     auto_eligible: bool,
     start: float,
+    precision: Precision = "fp32",
 ) -> ImageClassifier:
-    """``classifier`` on the backend :func:`models.onnx_backend.open_onnx_session` picks,
-    its ``load_latency_ms`` measured from ``start``."""
-    session = open_onnx_session(
+    """``classifier`` on the backend and precision :func:`models.backend_selection.open_session`
+    picks, its ``load_latency_ms`` measured from ``start``."""
+    session = open_session(
         classifier.name,
         classifier.module,
         classifier.preprocessing,
         backend=backend,
+        precision=precision,
         device=classifier.device,
         intra_op_threads=intra_op_threads,
         auto_eligible=auto_eligible,
@@ -420,8 +451,11 @@ def _with_backend(
     return dataclasses.replace(
         classifier,
         load_latency_ms=load_latency_ms,
-        backend="torch" if session is None else "onnxruntime",
+        backend="torch"
+        if session is None
+        else ("onnxruntime" if isinstance(session, OnnxSession) else "openvino"),
         onnx_session=session,
+        precision=getattr(session, "precision", "fp32"),
     )
 
 
@@ -494,6 +528,7 @@ def load_checkpoint(
     backend: Backend = "auto",
     intra_op_threads: int | None = None,
     streams: int | None = None,
+    precision: Precision = "fp32",
 ) -> ImageClassifier:
     """Load a checkpoint written by ``python -m models.training`` for serving.
 
@@ -513,6 +548,7 @@ def load_checkpoint(
             ``"onnxruntime"`` explicitly.
         intra_op_threads: As for :func:`load_model`.
         streams: As for :func:`load_model`.
+        precision: As for :func:`load_model`.
 
     Returns:
         An :class:`ImageClassifier` named ``checkpoint:<uri>``, in eval mode.
@@ -524,11 +560,13 @@ def load_checkpoint(
     """
     start = time.perf_counter()
     _check_device(device)
-    _check_backend(backend, intra_op_threads, streams)
+    _check_backend(backend, intra_op_threads, streams, precision)
     from .training.checkpoints import read_checkpoint
 
     classifier = _classifier_from_checkpoint(read_checkpoint(uri, device=device), device, start)
-    return _with_backend(classifier, backend, intra_op_threads, streams, auto_eligible=False, start=start)
+    return _with_backend(
+        classifier, backend, intra_op_threads, streams, auto_eligible=False, start=start, precision=precision
+    )
 
 
 def _classifier_from_checkpoint(checkpoint: Checkpoint, device: Device, start: float) -> ImageClassifier:

@@ -18,7 +18,7 @@ import io
 import itertools
 from pathlib import Path
 
-__all__ = ["DARKNET_DIR", "sample_photos", "write_samples"]
+__all__ = ["DARKNET_DIR", "DISTINCT_SIZES", "distinct_photos", "sample_photos", "write_samples"]
 
 DARKNET_DIR = Path("/usr/share/darknet/data")
 _SKIMAGE = ("chelsea", "coffee", "astronaut", "rocket")
@@ -49,6 +49,54 @@ def sample_photos(*, require_darknet: bool = False) -> dict[str, bytes]:
                 f"{path} is missing: install Debian's darknet package (apt-get install darknet)"
             )
     return photos
+
+
+DISTINCT_SIZES = ((500, 375), (1350, 900))
+"""(long side, short side) in pixels of the two kinds of :func:`distinct_photos`: ~500x375
+like a web image, ~1350x900 like a downscaled camera photo."""
+
+
+def distinct_photos(
+    n: int, seed: int = 0, *, sizes: tuple[tuple[int, int], ...] = DISTINCT_SIZES
+) -> list[tuple[str, bytes]]:
+    """``n`` distinct real JPEGs made from :func:`sample_photos`, as (file name, bytes).
+
+    Each is a random crop (60-100% of each side) of one of the photos (taken in turn),
+    flipped left-right half of the time, resized to one of ``sizes`` in turn (landscape or
+    portrait as the crop is; bicubic) and JPEG-encoded at quality 80-95. So no two files
+    have the same bytes while every one is a real photo. Deterministic for a seed; two
+    seeds give different crops (e.g. calibration photos apart from evaluation photos).
+
+    Raises:
+        ImportError: scikit-image is not installed.
+        ValueError: ``n < 0`` or ``sizes`` is empty.
+    """
+    import random
+
+    from PIL import Image, ImageOps
+
+    if n < 0 or not sizes:
+        raise ValueError(f"need n >= 0 and at least one size, got n={n!r}, sizes={sizes!r}")
+    rng = random.Random(seed)
+    photos = [
+        (name.rsplit(".", 1)[0], Image.open(io.BytesIO(data)).convert("RGB"))
+        for name, data in sample_photos().items()
+    ]
+    out = []
+    for i in range(n):
+        stem, img = photos[i % len(photos)]
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = img.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        long_side, short_side = sizes[i % len(sizes)]
+        size = (long_side, short_side) if cw >= ch else (short_side, long_side)
+        buf = io.BytesIO()
+        crop.resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=rng.randint(80, 95))
+        out.append((f"{stem}_{size[0]}x{size[1]}_{i:05d}.jpg", buf.getvalue()))
+    return out
 
 
 def write_samples(folder: Path, copies: int | None = None) -> list[Path]:

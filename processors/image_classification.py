@@ -18,7 +18,7 @@ class ImageClassificationProcessor(buildflow.Processor):
     """Every image uploaded to ``bucket_name`` (GCP project ``project_id``; unused in ``local``),
     or read from ``source`` (e.g. a ``KafkaTopic``), gets its top-k classes in ``table_id``, by
     ``model_name`` (``models.available_models()`` or ``checkpoint:<uri>``). Decoding and inference
-    are the model layer's: ``options`` (``top_k``, ``backend``, ``decode_threads``, ``max_bytes``,
+    are the model layer's: ``options`` (``top_k``, ``backend``, ``precision``, ``decode_threads``,
     ...) are :meth:`models.BatchClassifier.load`'s. An undecodable image is dead-lettered alone."""
 
     name = "image_classification"

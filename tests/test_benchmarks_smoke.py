@@ -30,5 +30,7 @@ def test_suite_smoke_produces_the_table_and_the_plot(tmp_path: Path) -> None:
     assert header in table
     assert "| efficientnet_lite0 |" in table and "framework overhead" in table
     assert "| backlog drain | images |" in table
+    assert "| model | decode ceilings img/s | model ceilings img/s (batch 16) |" in table
+    assert "simplejpeg DCT-scaled" in table and "onnxruntime fp32" in table
     assert "load average" in table.splitlines()[0]
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

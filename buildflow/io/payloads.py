@@ -28,7 +28,7 @@ import datetime
 import itertools
 import json
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from buildflow.errors import BuildflowError
 from buildflow.events import BlobReader
@@ -56,6 +56,8 @@ class PayloadError(BuildflowError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class BytesBlob(BlobReader):
     """Bytes already in memory."""
+
+    in_memory: ClassVar[bool] = True
 
     data: bytes
 

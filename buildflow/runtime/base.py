@@ -111,6 +111,15 @@ class ProcessorStats:
     # export)
     latency_s: BucketCounts = dataclasses.field(default_factory=BucketCounts, repr=False)
     batch_s: BucketCounts = dataclasses.field(default_factory=BucketCounts, repr=False)
+    # where the pipeline's time went, seconds summed over the run: "pull" (pulls that
+    # returned events), "process" (process_batch of each micro-batch, on the worker
+    # thread), "write" (sink and dead-letter writes, with retries), "ack"; the stages
+    # overlap, so they add up to more than the run
+    stage_s: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"pull": 0.0, "process": 0.0, "write": 0.0, "ack": 0.0}
+    )
+    # payload read-ahead (buildflow.runtime.readahead.ReadAheadStats.as_dict), after the run
+    read_ahead: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> ProcessorStats:
         """A copy that later updates of this one do not change."""
@@ -120,6 +129,8 @@ class ProcessorStats:
             metrics=dict(self.metrics),
             per_replica=[dict(r) for r in self.per_replica],
             dead_letters_by_type=dict(self.dead_letters_by_type),
+            stage_s=dict(self.stage_s),
+            read_ahead=dict(self.read_ahead),
             latency_s=self.latency_s.copy(),
             batch_s=self.batch_s.copy(),
         )

@@ -63,6 +63,7 @@ from buildflow.runtime.base import (
     Runtime,
     StopReason,
 )
+from buildflow.runtime.readahead import BlobReadAhead
 from buildflow.runtime.retry import Backoff
 from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import TableSchema, row_to_record, schema_from_dataclass
@@ -174,6 +175,12 @@ class _Worker:
         self.dl_schema: TableSchema = schema_from_dataclass(DeadLetterRow)
         self.source_label = self.spec.source.describe()
         self.set_up = False
+        processor = self.spec.processor
+        self.read_ahead: BlobReadAhead | None = None
+        if processor.read_ahead_requests > 0 and processor.read_ahead_bytes > 0:
+            self.read_ahead = BlobReadAhead(
+                max_requests=processor.read_ahead_requests, max_bytes=processor.read_ahead_bytes
+            )
 
     # -- lifecycle ---------------------------------------------------------------
     async def open(self) -> None:
@@ -201,6 +208,9 @@ class _Worker:
                 log.exception("%s", failures[-1])
             self.stats.teardown_calls += 1
         self.thread.stop()
+        if self.read_ahead is not None:
+            self.read_ahead.close()
+            self.stats.read_ahead = self.read_ahead.stats.as_dict()
         for what, handle in (
             ("source", self.source),
             ("sink", self.sink),
@@ -233,6 +243,7 @@ class _Worker:
                     if want == 0:
                         self.run.request_stop("max-events")
                         break
+                    t_pull = time.monotonic()
                     try:
                         got = await self.source.pull(want, timeout)
                     except ResourceGoneError:  # one line of its own (destroy under a run)
@@ -242,6 +253,8 @@ class _Worker:
                             f"processor {self.spec.name}: pulling from {self.source_label} failed: "
                             f"{_reason(e)}; the events not acked are delivered again on the next run"
                         ) from e
+                    if got:  # time spent in pulls that returned events (idle polls are not work)
+                        self.stats.stage_s["pull"] += time.monotonic() - t_pull
                     if len(got) < want and self.run.budget.remaining is not None:
                         self.run.budget.remaining += want - len(got)
                     if got:
@@ -254,6 +267,8 @@ class _Worker:
                 if batch:
                     self.stats.events += len(batch)
                     self.inflight += 1
+                    if self.read_ahead is not None:  # payload downloads start now, many at once
+                        self.read_ahead.start(e.event for e in batch if e.error is None)
                     self._prefetch(batch)
                     await self.pull_q.put(batch)
         finally:
@@ -282,7 +297,10 @@ class _Worker:
                     result = await self.thread.run(functools.partial(self._process_sync, batch))
                 finally:
                     self.processing = False
+                    if self.read_ahead is not None:
+                        self.read_ahead.release(e.event for e in batch)
                 self.stats.batch_s.observe(time.monotonic() - t0)
+                self.stats.stage_s["process"] += time.monotonic() - t0
                 await self.write_q.put(result)
         finally:
             await self._put_done(self.write_q)
@@ -418,6 +436,7 @@ class _Worker:
                     result.envelopes + more.envelopes, result.records + more.records, result.dead + more.dead
                 )
                 merged += 1
+            t_write = time.monotonic()
             if result.records:
                 rejected = await self._write_with_retry(self.sink, result.records, "sink")
                 if rejected:
@@ -434,6 +453,8 @@ class _Worker:
                     )
             if getattr(self.source, "wants_outcomes", False):
                 await self.source.settle(_outcomes(result))
+            t_ack = time.monotonic()
+            self.stats.stage_s["write"] += t_ack - t_write
             try:
                 await self.source.ack(result.envelopes)
             except ResourceGoneError:
@@ -446,6 +467,7 @@ class _Worker:
                 ) from e
             self.inflight -= merged
             now = time.monotonic()
+            self.stats.stage_s["ack"] += now - t_ack
             wall = datetime.datetime.now(datetime.UTC)
             self.stats.batches += merged
             self.stats.sink_writes += 1

@@ -37,6 +37,11 @@ def merge_stats(g: ReplicaGroup) -> ProcessorStats:
         out.batch_s.add(s.batch_s)
         for kind, n in s.dead_letters_by_type.items():
             out.dead_letters_by_type[kind] = out.dead_letters_by_type.get(kind, 0) + n
+        for stage, seconds in s.stage_s.items():  # summed over replicas
+            out.stage_s[stage] = out.stage_s.get(stage, 0.0) + seconds
+        for key, value in s.read_ahead.items():  # counts summed, peaks per replica's max
+            old = out.read_ahead.get(key, 0)
+            out.read_ahead[key] = max(old, value) if key.startswith("peak_") else old + value
         if s.first_row_at is not None and (out.first_row_at is None or s.first_row_at < out.first_row_at):
             out.first_row_at = s.first_row_at
         if s.setup_s is not None:

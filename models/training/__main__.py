@@ -3,6 +3,7 @@
     python -m models.training check models/training/configs/fashion_mnist_cnn.yaml
     python -m models.training train models/training/configs/fashion_mnist_cnn.yaml
     python -m models.training train models/training/configs/fashion_mnist_cnn.yaml --resume
+    python -m models.training train models/training/configs/fashion_mnist_cnn.yaml --set train.epochs=2
     python -m models.training evaluate runs/fashion_mnist_cnn/model.pt --start 0 --end 1000
     python -m models.training sample-folder data/textures
 
@@ -42,14 +43,23 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
+_SET_HELP = (
+    "Override a config key, e.g. --set train.epochs=2 --set data.train_limit=2000 (value read as "
+    "YAML; repeatable). A resumed run needs the same --set items."
+)
+
+
 @cli.command("check")
-def check_cmd(config: Annotated[Path, typer.Argument(help="YAML or TOML training config.")]) -> None:
+def check_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML or TOML training config.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
+) -> None:
     """Validate a config and build its model (no data is read): layer shapes and parameters."""
     from .config import load_config
     from .layers import build_model, summary
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides or ())
         built = build_model(cfg, pretrained=False)
     except ModelError as e:
         raise _fail(e) from None
@@ -66,6 +76,7 @@ def train_cmd(
     stop_after_epoch: Annotated[
         int | None, typer.Option("--stop-after-epoch", min=1, help="Stop after this epoch's checkpoint.")
     ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
 ) -> None:
     """Train (or resume) the model a config describes; prints one line per epoch."""
     from .config import load_config
@@ -74,7 +85,7 @@ def train_cmd(
     _logging()
     t0 = time.perf_counter()
     try:
-        result = train(load_config(config), resume=resume, stop_after_epoch=stop_after_epoch)
+        result = train(load_config(config, overrides or ()), resume=resume, stop_after_epoch=stop_after_epoch)
     except ModelError as e:
         raise _fail(e) from None
     wall = time.perf_counter() - t0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,7 @@ from models.errors import ModelError
 
 __all__ = [
     "ConfigError",
+    "apply_override",
     "LAYERS",
     "OPTIMIZERS",
     "SCHEDULERS",
@@ -408,12 +410,18 @@ def parse_config(data: Any, source: str = "<dict>") -> TrainingConfig:
         raise ConfigError(_format(e, source)) from None
 
 
-def load_config(path: str | Path) -> TrainingConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:
     """Read and validate a ``.yaml``/``.yml`` or ``.toml`` config file.
+
+    ``overrides``: ``section.key=value`` items (the command line's ``--set``) applied to the
+    file's mapping before validation, in order; the value is read as YAML (``8``, ``0.5``,
+    ``true``, ``[1, 2]``, ``{a: 1}``; anything else is a string), e.g.
+    ``train.epochs=2`` or ``data.train_limit=2000``.
 
     Raises:
         ConfigError: The file is missing, not valid YAML/TOML, not a mapping, or invalid
-            (every bad key named).
+            (every bad key named); an override is not ``key=value`` or goes through a key
+            that is not a section.
     """
     path = Path(path)
     try:
@@ -441,4 +449,32 @@ def load_config(path: str | Path) -> TrainingConfig:
         raise ConfigError(
             f"training config {str(path)!r} must be a mapping of sections, got {type(data).__name__}"
         )
-    return parse_config(data, repr(str(path)))
+    for item in overrides:
+        apply_override(data, item)
+    return parse_config(data, repr(str(path)) + (f" with --set {' '.join(overrides)}" if overrides else ""))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``data[a][b]... = value`` from ``"a.b...=value"`` (value read as YAML), in place.
+
+    Raises:
+        ConfigError: ``item`` has no ``=`` or an empty key, or a key on the way is not a mapping.
+    """
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r}: use section.key=value, e.g. --set train.epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except Exception:  # yaml.YAMLError: take the text as it is
+        value = raw
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {item!r}: {where!r} is {child!r}, not a section with keys")
+        node = child
+    node[parts[-1]] = value

@@ -31,6 +31,15 @@ from tests.models import sample_images
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def no_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about ONNX Runtime: backend="auto" here chooses between torch and
+    ONNX Runtime only (OpenVINO's part of "auto": tests/models/test_openvino_backend.py)."""
+    import models.openvino_backend
+
+    monkeypatch.setattr(models.openvino_backend, "import_openvino", lambda: None)
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh export cache; returns the folder the .onnx files go to."""
@@ -159,7 +168,9 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_bad_backend_arguments_are_errors() -> None:
-    with pytest.raises(ModelError, match="unknown backend 'tensorrt'; use 'auto', 'torch' or 'onnxruntime'"):
+    with pytest.raises(
+        ModelError, match="unknown backend 'tensorrt'; use 'auto', 'torch', 'onnxruntime' or 'openvino'"
+    ):
         load_model("efficientnet_lite0", backend="tensorrt")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="intra_op_threads must be a whole number of at least 1, got 0"):
         load_model("efficientnet_lite0", intra_op_threads=0)

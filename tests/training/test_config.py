@@ -182,3 +182,16 @@ def test_the_command_reports_a_bad_config_in_one_message_and_exits_1(tmp_path: P
         )
         assert "Traceback" not in result.output
     assert not (Path(data["output"]["dir"]) / "checkpoints").exists()
+
+
+def test_set_overrides_keys_of_the_file_before_validation() -> None:
+    path = CONFIGS / "fashion_mnist_cnn.yaml"
+    cfg = load_config(path, ["train.epochs=1", "data.train_limit=1000", "data.val_fraction=0.02"])
+    assert (cfg.train.epochs, cfg.data.train_limit, cfg.data.val_fraction) == (1, 1000, 0.02)  # type: ignore[union-attr]
+    assert load_config(path).train.epochs == 8  # the file is unchanged
+    with pytest.raises(ConfigError, match=r"train\.epochs.*got 'many'"):
+        load_config(path, ["train.epochs=many"])  # validated like the file's own value
+    with pytest.raises(ConfigError, match=r"use section\.key=value"):
+        load_config(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"'name' is 'fashion_mnist_cnn', not a section"):
+        load_config(path, ["name.x=1"])

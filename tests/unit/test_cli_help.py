@@ -58,3 +58,23 @@ def test_markup_in_help_is_shown_not_applied() -> None:
     """The case that was broken: the extra's name in brackets survives."""
     result = CliRunner().invoke(cli, ["run", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert "pip install 'buildflow[ray]'" in _flat(result.output)
+
+
+def _envvars(command: Any) -> list[str]:
+    names = []
+    for p in command.params:
+        envvar = getattr(p, "envvar", None)
+        names += [envvar] if isinstance(envvar, str) else list(envvar or [])
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_help_at_80_columns_shows_every_variable_name_whole(name: str) -> None:
+    """Issue 21 item 7: at 80 columns `run --help` printed ``BUILDFLOW_UI_TOKE…``."""
+    result = CliRunner().invoke(cli, [name, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    flat = _flat(result.output)
+    missing = [v for v in _envvars(_commands()[name]) if v not in flat]
+    assert not missing, f"`buildflow {name} --help` at 80 columns cuts {missing}:\n{result.output}"

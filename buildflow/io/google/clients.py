@@ -144,8 +144,11 @@ def _client(kind: str, env_name: str, project: str | None) -> Any:
     if kind == "storage":
         storage = _import("google.cloud.storage")
         if env_name == "emulator":
-            return storage.Client(project=project or "buildflow-local", credentials=_anonymous())
-        return storage.Client(project=project)
+            client = storage.Client(project=project or "buildflow-local", credentials=_anonymous())
+        else:
+            client = storage.Client(project=project)
+        _widen_connection_pool(client._http)
+        return client
     if kind == "bigquery":
         bigquery = _import("google.cloud.bigquery")
         if env_name == "emulator":
@@ -159,6 +162,20 @@ def _client(kind: str, env_name: str, project: str | None) -> Any:
             )
         return bigquery.Client(project=project)
     raise ValueError(kind)
+
+
+#: Connections kept open per host by the storage client's HTTP session: at least the
+#: read-ahead's requests in flight (``Processor.read_ahead_requests``, 32), so that concurrent
+#: downloads reuse connections instead of opening (and, past requests' default pool of 10,
+#: discarding) one per read (https://requests.readthedocs.io/en/latest/api/#requests.adapters.HTTPAdapter).
+STORAGE_CONNECTIONS = 64
+
+
+def _widen_connection_pool(session: Any) -> None:
+    adapters = _import("requests.adapters")
+    for prefix in ("https://", "http://"):
+        if type(session.get_adapter(prefix)) is adapters.HTTPAdapter:  # not a mutual-TLS one
+            session.mount(prefix, adapters.HTTPAdapter(pool_connections=4, pool_maxsize=STORAGE_CONNECTIONS))
 
 
 def _get(kind: str, env: Environment, project: str | None, var: str) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import re
 from collections.abc import Mapping
 from typing import ClassVar, Literal
@@ -50,10 +49,13 @@ class KafkaMessageEvent(FileEvent):
     metadata: Mapping[str, str]
     reader: BlobReader = dataclasses.field(repr=False)
 
-    @functools.cached_property
-    def blob(self) -> bytes:
-        """The image bytes (decoded from base64, or read from the reference), on first access."""
+    def _read_blob(self) -> bytes:
+        """``blob``: the image bytes (decoded from base64, or read from the reference), on
+        first access."""
         return self.reader.read()
+
+    def blob_reader(self) -> BlobReader:
+        return self.reader
 
 
 @dataclasses.dataclass(frozen=True)
