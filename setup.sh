@@ -18,7 +18,7 @@ if [ ! -f /usr/share/darknet/data/dog.jpg ]; then
   fi
 fi
 # Fashion-MNIST in its original IDX files (/usr/share/datasets/fashion-mnist), for training
-# (python -m models.training) and `buildflow produce --fashion-mnist`.
+# (python -m models.training) and `buildflow produce --dataset fashion-mnist`.
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing Debian's dataset-fashion-mnist package (Fashion-MNIST IDX files)"

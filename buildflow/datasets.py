@@ -1,198 +1,242 @@
-"""Fashion-MNIST in its original IDX files: read them, and turn test images into messages.
+"""Labelled image data sets that ``buildflow produce`` and the web page can publish.
 
-Fashion-MNIST (Zalando Research, MIT licence) is 70,000 grayscale 28x28 images of ten
-clothing classes: 60,000 for training, 10,000 for testing. Debian's
-``dataset-fashion-mnist`` package ships the original gzip'd IDX files in
-:data:`FASHION_MNIST_DIR` (``apt-get install dataset-fashion-mnist``; ``./setup.sh``
-installs it when run as root). Set ``FASHION_MNIST_DIR`` to read them from elsewhere.
+The framework knows no data set itself: an app registers its own, either
 
-The IDX format (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS"): a 4-byte magic
-``0x00 0x00 <type> <ndim>`` (type ``0x08`` = unsigned byte), ``ndim`` big-endian uint32
-dimension sizes, then the values in row-major order.
+* by an entry point in the group :data:`ENTRY_POINT_GROUP` (``buildflow.datasets``) of its
+  distribution, whose name is the data set's name and whose object is a :class:`Dataset`
+  or a function of no arguments returning one (loaded on first use)::
 
-Only the standard library is used here (Pillow for :func:`fashion_mnist_png`, imported
-when called), so the producer can read the files without torch or numpy.
+      # pyproject.toml
+      [project.entry-points."buildflow.datasets"]
+      flowers = "my_app.data:FLOWERS"
+
+* or by calling :func:`register` when its module is imported (a processor module does it,
+  so the page of an app that uses that processor offers the data set).
+
+Then ``buildflow produce --dataset flowers:test --start 0 --end 100 --kafka ...`` sends
+images ``0..99`` of the split ``test``, each with its true class as the ``label``, and the
+page's "publish a data set" form lists it. See https://packaging.python.org/en/latest/specifications/entry-points/
+for entry points.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
-import os
-import struct
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Literal
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
+from typing import NamedTuple
 
-from buildflow.errors import ConfigurationError, MissingDependencyError
+from buildflow.errors import ConfigurationError, UnknownDatasetError
 
 __all__ = [
-    "FASHION_MNIST_DIR",
-    "FASHION_MNIST_CLASSES",
-    "IdxArray",
-    "read_idx",
-    "fashion_mnist_dir",
-    "load_fashion_mnist",
-    "fashion_mnist_png",
+    "ENTRY_POINT_GROUP",
+    "Example",
+    "Dataset",
+    "register",
+    "unregister",
+    "registered",
+    "get_dataset",
+    "parse_dataset_spec",
+    "describe_registered",
 ]
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
+log = logging.getLogger(__name__)
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-"""Class names in label order (0..9), as in the data set's README."""
+ENTRY_POINT_GROUP = "buildflow.datasets"
+"""The entry-point group data sets are discovered in."""
 
-Split = Literal["train", "test"]
-_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+
+class Example(NamedTuple):
+    """One labelled image of a data set.
+
+    Attributes:
+        name: The object name it is published under, unique in the data set, e.g.
+            ``flowers/test/00042.png`` (a path-like name: folders become prefixes).
+        data: The encoded image (PNG, JPEG, ...: the data set's ``content_type``).
+        label: The true class name, or None when unlabelled.
+    """
+
+    name: str
+    data: bytes
+    label: str | None
 
 
 @dataclasses.dataclass(frozen=True)
-class IdxArray:
-    """An unsigned-byte IDX array.
+class Dataset:
+    """A registered data set: its splits and how to read a range of one.
 
     Attributes:
-        shape: Dimension sizes, e.g. ``(10000, 28, 28)``.
-        data: The values, row-major, ``prod(shape)`` bytes.
+        name: What users type (``--dataset NAME``): lower case letters, digits, ``-``, ``_``.
+        title: One line for people, e.g. ``"Flowers (3,670 photos, 5 classes)"``.
+        splits: Split name -> number of examples, in the order offered (the first one is
+            the default split).
+        examples: ``examples(split, start, end)`` yields examples ``start..end-1`` of
+            ``split`` in index order. It may raise :class:`~buildflow.errors.BuildflowError`
+            (files missing: say how to get them; a library missing).
+        label_names: The class names in label order, when known.
+        content_type: The MIME type of every example's ``data``.
+        max_per_request: The most examples the page publishes per request.
     """
 
-    shape: tuple[int, ...]
-    data: bytes = dataclasses.field(repr=False)
+    name: str
+    title: str
+    splits: Mapping[str, int]
+    examples: Callable[[str, int, int], Iterable[Example]] = dataclasses.field(repr=False)
+    label_names: tuple[str, ...] = ()
+    content_type: str = "image/png"
+    max_per_request: int = 1000
 
-    def item_bytes(self, index: int) -> bytes:
-        """The bytes of item ``index`` along the first dimension (e.g. one 28x28 image)."""
-        size = 1
-        for d in self.shape[1:]:
-            size *= d
-        return self.data[index * size : (index + 1) * size]
+    def __post_init__(self) -> None:
+        if (
+            not self.name
+            or not all(c.isalnum() or c in "-_" for c in self.name)
+            or self.name != self.name.lower()
+        ):
+            raise ConfigurationError(
+                f"data set name {self.name!r}: use lower case letters, digits, '-' and '_' (e.g. 'flowers')"
+            )
+        if not self.splits or any(n < 1 for n in self.splits.values()):
+            raise ConfigurationError(f"data set {self.name!r}: give at least one split of at least 1 example")
+
+    @property
+    def default_split(self) -> str:
+        """The first split of :attr:`splits`."""
+        return next(iter(self.splits))
+
+    def read(self, split: str | None = None, start: int = 0, end: int | None = None) -> Iterable[Example]:
+        """Examples ``start..end-1`` of ``split`` (default: :attr:`default_split`; ``end``
+        None: to the end of the split).
+
+        Raises:
+            ConfigurationError: Unknown split, or an empty range or one outside the split.
+        """
+        split = self.default_split if split is None else split
+        if split not in self.splits:
+            raise ConfigurationError(
+                f"data set {self.name!r} has no split {split!r}; "
+                f"use one of {', '.join(map(repr, self.splits))}"
+            )
+        size = self.splits[split]
+        end = size if end is None else end
+        if not 0 <= start < end <= size:
+            raise ConfigurationError(
+                f"{self.name}:{split} range {start}..{end} is empty or outside 0..{size}; "
+                f"give 0 <= start < end <= {size}"
+            )
+        return self.examples(split, start, end)
 
 
-def read_idx(path: str | os.PathLike[str]) -> IdxArray:
-    """Read an unsigned-byte IDX file, gzip'd (``.gz``) or not.
+_lock = threading.Lock()
+_registered: dict[str, Dataset] = {}
+_broken: dict[str, str] = {}  # entry-point name -> why it did not load
+_entry_points_loaded = False
+
+
+def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
+    """Make ``dataset`` available under its name; returns it (usable as a module-level
+    statement: ``FLOWERS = register(Dataset(...))``). Registering the same object again is
+    a no-op.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is not an unsigned-byte IDX file, or is truncated.
+        ConfigurationError: Another data set is registered under that name and ``replace``
+            is False.
     """
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{os.fspath(path)!r} is not an IDX file (magic {raw[:4]!r})")
-    if raw[2] != 0x08:
-        raise ValueError(f"{os.fspath(path)!r}: IDX type 0x{raw[2]:02x} is not unsigned byte (0x08)")
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    size = 1
-    for d in shape:
-        size *= d
-    data = raw[4 + 4 * ndim :]
-    if len(data) != size:
-        raise ValueError(f"{os.fspath(path)!r}: shape {shape} needs {size} bytes, the file has {len(data)}")
-    return IdxArray(tuple(shape), data)
+    with _lock:
+        old = _registered.get(dataset.name)
+        if old is not None and old is not dataset and old != dataset and not replace:
+            raise ConfigurationError(
+                f"a different data set is already registered as {dataset.name!r} ({old.title!r}); "
+                "choose another name, or pass replace=True"
+            )
+        _registered[dataset.name] = dataset
+        _broken.pop(dataset.name, None)
+    return dataset
 
 
-def fashion_mnist_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding the IDX files: ``root``, else ``$FASHION_MNIST_DIR``, else
-    :data:`FASHION_MNIST_DIR`.
+def unregister(name: str) -> None:
+    """Forget the data set ``name`` (no error when there is none)."""
+    with _lock:
+        _registered.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    with _lock:
+        if _entry_points_loaded:
+            return
+        _entry_points_loaded = True
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+    for ep in found:
+        if ep.name in _registered:
+            continue
+        try:
+            obj = ep.load()
+            dataset = obj() if callable(obj) and not isinstance(obj, Dataset) else obj
+            if not isinstance(dataset, Dataset):
+                raise TypeError(
+                    f"{ep.value!r} is a {type(dataset).__name__}, not a buildflow.datasets.Dataset"
+                )
+            if dataset.name != ep.name:
+                raise ValueError(f"{ep.value!r} is named {dataset.name!r}, the entry point {ep.name!r}")
+            register(dataset)
+        except Exception as e:  # one broken plug-in must not hide the others
+            log.debug("entry point %s = %s did not load", ep.name, ep.value, exc_info=True)
+            with _lock:
+                _broken[ep.name] = f"entry point {ep.value!r} did not load: {type(e).__name__}: {e}"
+
+
+def registered() -> dict[str, Dataset]:
+    """Every registered data set by name (sorted), entry points loaded."""
+    _load_entry_points()
+    with _lock:
+        return dict(sorted(_registered.items()))
+
+
+def describe_registered() -> str:
+    """One line per registered data set, ``name:split (size)``..., for help and errors."""
+    sets = registered()
+    if not sets:
+        return (
+            f"none (an app registers its data sets through the entry point group {ENTRY_POINT_GROUP!r} "
+            "or buildflow.datasets.register())"
+        )
+    return "; ".join(
+        f"{d.name} ({', '.join(f'{s}: {n:,}' for s, n in d.splits.items())})" for d in sets.values()
+    )
+
+
+def get_dataset(name: str) -> Dataset:
+    """The data set registered as ``name``.
 
     Raises:
-        ConfigurationError: The folder does not hold the four files (the message says how
-            to install them).
+        UnknownDatasetError: None is (the message lists the registered ones, and why an
+            entry point of that name did not load, if one did not).
     """
-    folder = Path(root or os.environ.get("FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
-    missing = [n for pair in _FILES.values() for n in pair if _find(folder, n) is None]
-    if missing:
+    sets = registered()
+    if name in sets:
+        return sets[name]
+    with _lock:
+        why = _broken.get(name)
+    if why is not None:
+        raise UnknownDatasetError(f"data set {name!r} is not available: {why}")
+    raise UnknownDatasetError(f"no data set {name!r} is registered; registered: {describe_registered()}")
+
+
+def parse_dataset_spec(spec: str) -> tuple[Dataset, str]:
+    """``NAME`` or ``NAME:SPLIT`` -> the data set and the split (default: its first).
+
+    Raises:
+        UnknownDatasetError: No data set of that name.
+        ConfigurationError: It has no such split (the message lists its splits).
+    """
+    name, _, split = spec.partition(":")
+    dataset = get_dataset(name)
+    split = split or dataset.default_split
+    if split not in dataset.splits:
         raise ConfigurationError(
-            f"Fashion-MNIST IDX files missing in {str(folder)!r}: {', '.join(missing)}; install "
-            "them with `apt-get install dataset-fashion-mnist` (Debian) or set FASHION_MNIST_DIR "
-            "to a folder holding the original files"
+            f"data set {name!r} has no split {split!r}; use one of "
+            f"{', '.join(f'{name}:{s}' for s in dataset.splits)}"
         )
-    return folder
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.gz", stem):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _must_find(folder: Path, stem: str) -> str:
-    path = _find(folder, stem)
-    if path is None:  # fashion_mnist_dir checked; the folder changed meanwhile
-        raise ConfigurationError(f"Fashion-MNIST file {stem!r} disappeared from {str(folder)!r}")
-    return path.name
-
-
-def load_fashion_mnist(split: Split, root: str | os.PathLike[str] | None = None) -> tuple[IdxArray, bytes]:
-    """Images and labels of one split.
-
-    Returns:
-        ``(images, labels)``: images an :class:`IdxArray` of shape ``(N, 28, 28)``
-        (uint8, 0 = background), labels ``N`` bytes, each a class index 0..9 into
-        :data:`FASHION_MNIST_CLASSES`. N is 60,000 (``train``) or 10,000 (``test``).
-
-    Raises:
-        ConfigurationError: Unknown split, or the files are missing.
-        ValueError: A file is malformed, or images and labels differ in count.
-    """
-    if split not in _FILES:
-        raise ConfigurationError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
-    folder = fashion_mnist_dir(root)
-    image_stem, label_stem = _FILES[split]
-    images, labels = (read_idx(folder / _must_find(folder, stem)) for stem in (image_stem, label_stem))
-    if len(images.shape) != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(
-            f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match"
-        )
-    return images, labels.data
-
-
-def fashion_mnist_png(
-    split: Split = "test",
-    start: int = 0,
-    end: int | None = None,
-    root: str | os.PathLike[str] | None = None,
-) -> Iterator[tuple[str, bytes, str]]:
-    """PNG-encoded images ``start..end-1`` of a split, for producers.
-
-    Yields:
-        ``(name, png, label)``: name ``fashion-mnist/<split>/<index:05d>.png``, a lossless
-        8-bit grayscale 28x28 PNG of the original pixels, and the true class name.
-
-    Raises:
-        ConfigurationError: The range is empty or outside the split, or the files are missing.
-        MissingDependencyError: Pillow is not installed.
-    """
-    images, labels = load_fashion_mnist(split, root)
-    total = images.shape[0]
-    end = total if end is None else end
-    if not 0 <= start < end <= total:
-        raise ConfigurationError(
-            f"Fashion-MNIST {split} range {start}..{end} is empty or outside 0..{total}; "
-            f"give 0 <= --start < --end <= {total}"
-        )
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise MissingDependencyError("Pillow is needed to encode PNGs: run `pip install pillow`") from e
-    height, width = images.shape[1], images.shape[2]
-    for i in range(start, end):
-        buf = io.BytesIO()
-        Image.frombytes("L", (width, height), images.item_bytes(i)).save(buf, "PNG")
-        yield f"fashion-mnist/{split}/{i:05d}.png", buf.getvalue(), FASHION_MNIST_CLASSES[labels[i]]
+    return dataset, split

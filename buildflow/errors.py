@@ -28,6 +28,7 @@ __all__ = [
     "ServiceUnreachableError",
     "ResourceGoneError",
     "ObjectOverwrittenError",
+    "UnknownDatasetError",
 ]
 
 
@@ -123,3 +124,8 @@ class ObjectOverwrittenError(BuildflowError, FileNotFoundError):
     """The object generation an upload event names was overwritten (or deleted) before the
     event was processed: a newer generation raised its own event, so the runtime skips this
     one with a log line instead of dead-lettering it."""
+
+
+class UnknownDatasetError(ConfigurationError):
+    """No data set of the name asked for is registered (:mod:`buildflow.datasets`); the
+    message lists the registered ones."""

@@ -7,11 +7,12 @@ as possible or at a fixed rate, in any payload format of :class:`buildflow.io.Ka
     buildflow produce ~/flowers --kafka 127.0.0.1:9092/images --format json --rate 50
     buildflow produce ~/flowers --pubsub projects/my-project/topics/images
     buildflow produce ~/flowers --kafka 127.0.0.1:9092/images --format pixels
-    buildflow produce --fashion-mnist --start 0 --end 1000 --kafka 127.0.0.1:9092/fashion
+    buildflow produce --dataset flowers:test --start 0 --end 1000 --kafka 127.0.0.1:9092/flowers
 
-``--fashion-mnist`` publishes Fashion-MNIST images by index range instead of a folder
-(:func:`buildflow.datasets.fashion_mnist_png`: lossless 28x28 PNGs, the true class name as
-the ``label``), so a classifier's streamed accuracy can be measured.
+``--dataset NAME[:SPLIT]`` publishes a registered data set's examples by index range instead
+of a folder (:mod:`buildflow.datasets`: the app registers its data sets; each example is an
+encoded image with its true class name as the ``label``), so a classifier's streamed
+accuracy can be measured.
 """
 
 from __future__ import annotations
@@ -206,8 +207,8 @@ def produce_items(
     rate: float | None = None,
     on_sent: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Send in-memory images ``(name, data, label)`` in order (e.g.
-    :func:`buildflow.datasets.fashion_mnist_png`) at ``rate`` per second (None: as fast as
+    """Send in-memory images ``(name, data, label)`` in order (e.g. a registered data set's
+    :meth:`buildflow.datasets.Dataset.read`) at ``rate`` per second (None: as fast as
     possible), then wait for delivery. ``reference`` payloads need files: use :func:`produce`.
 
     Calls ``on_sent(sent, total)`` after each (``total``: the expected count, for progress).

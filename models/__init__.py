@@ -19,40 +19,107 @@ and is faster on this CPU; the model is exported once and cached), else on torch
 precision="fp32" | "bf16" | "int8" | "auto")``; ``classifier.backend`` and
 ``classifier.precision`` say which.
 
-Importing this package loads no model and downloads nothing.
+Importing this package loads no model and downloads nothing, and imports torch only when one
+of the names below is first used (so :mod:`models.datasets` works without torch).
 """
 
-from .batch_classifier import BatchClassifier, ClassifiedImage, ClassifierOptions, EncodedImage
-from .errors import (
-    EmptyImageError,
-    ImageDecodeError,
-    ImageFileTooLargeError,
-    ImageTooLargeError,
-    ModelError,
-    TruncatedImageError,
-    UnsupportedImageError,
-)
-from .labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES, imagenet_labels
-from .preprocessing import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    IMAGENET_MEAN_STD,
-    TF_MEAN_STD,
-    Preprocessing,
-    check_file_size,
-    decode_image,
-)
-from .registry import (
-    Backend,
-    Device,
-    ImageClassifier,
-    Precision,
-    Prediction,
-    available_models,
-    load_checkpoint,
-    load_model,
-    register_model,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .batch_classifier import BatchClassifier, ClassifiedImage, ClassifierOptions, EncodedImage
+    from .errors import (
+        EmptyImageError,
+        ImageDecodeError,
+        ImageFileTooLargeError,
+        ImageTooLargeError,
+        ModelError,
+        TruncatedImageError,
+        UnsupportedImageError,
+    )
+    from .labels import CAT_CLASS_INDICES, DOG_CLASS_INDICES, imagenet_labels
+    from .preprocessing import (
+        DEFAULT_MAX_BYTES,
+        DEFAULT_MAX_PIXELS,
+        IMAGENET_MEAN_STD,
+        TF_MEAN_STD,
+        Preprocessing,
+        check_file_size,
+        decode_image,
+    )
+    from .registry import (
+        Backend,
+        Device,
+        ImageClassifier,
+        Precision,
+        Prediction,
+        available_models,
+        load_checkpoint,
+        load_model,
+        register_model,
+    )
+
+# name -> the submodule that defines it (imported on first use: PEP 562 module __getattr__)
+_LAZY = {
+    **dict.fromkeys(
+        ("BatchClassifier", "ClassifiedImage", "ClassifierOptions", "EncodedImage"), "batch_classifier"
+    ),
+    **dict.fromkeys(
+        (
+            "EmptyImageError",
+            "ImageDecodeError",
+            "ImageFileTooLargeError",
+            "ImageTooLargeError",
+            "ModelError",
+            "TruncatedImageError",
+            "UnsupportedImageError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(("CAT_CLASS_INDICES", "DOG_CLASS_INDICES", "imagenet_labels"), "labels"),
+    **dict.fromkeys(
+        (
+            "DEFAULT_MAX_BYTES",
+            "DEFAULT_MAX_PIXELS",
+            "IMAGENET_MEAN_STD",
+            "TF_MEAN_STD",
+            "Preprocessing",
+            "check_file_size",
+            "decode_image",
+        ),
+        "preprocessing",
+    ),
+    **dict.fromkeys(
+        (
+            "Backend",
+            "Device",
+            "ImageClassifier",
+            "Precision",
+            "Prediction",
+            "available_models",
+            "load_checkpoint",
+            "load_model",
+            "register_model",
+        ),
+        "registry",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"models.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ModelError",

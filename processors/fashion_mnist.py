@@ -11,16 +11,20 @@
         source=KafkaTopic("127.0.0.1:9092", "fashion"),
     ))
 
-Images come from ``buildflow produce --fashion-mnist --start 0 --end 1000 --kafka ...`` (or
-``--pubsub``) with their true class as the ``label``; see
+Images come from ``buildflow produce --dataset fashion-mnist --start 0 --end 1000 --kafka ...``
+(or ``--pubsub``, or the page's data set form) with their true class as the ``label``; see
 :class:`processors.checkpoint_classification.CheckpointClassificationProcessor` for the rows.
 """
 
 from __future__ import annotations
 
+from buildflow.datasets import register
+from models.datasets.fashion_mnist import FASHION_MNIST
 from processors.checkpoint_classification import CheckpointClassificationProcessor
 
 __all__ = ["FashionMNISTProcessor"]
+
+register(FASHION_MNIST)  # an app using this processor offers Fashion-MNIST on its page
 
 
 class FashionMNISTProcessor(CheckpointClassificationProcessor):
@@ -28,3 +32,4 @@ class FashionMNISTProcessor(CheckpointClassificationProcessor):
     and subscription are ``...-fashion_mnist``)."""
 
     name = "fashion_mnist"
+    dataset = "fashion-mnist"  # the page's data set form preselects it

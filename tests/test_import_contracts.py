@@ -91,24 +91,12 @@ def _circles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
     return circles
 
 
-#: Circles that exist today and are tracked as open work (issue 17), each with its reason. A
-#: circle that grows, or any other one, fails the test; remove an entry once it is broken.
-KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # serving a checkpoint (registry.load_checkpoint) rebuilds the model with the training
-        # layer builder, which fine-tunes registry architectures: needs a module below both
-        # (the architecture catalogue, or a checkpoint-format module). Open in issue 17.
-        frozenset({"models.registry", "models.training.layers"}),
-    }
-)
-
-
 def test_no_import_circles() -> None:
     graph = grimp.build_graph(
         *PACKAGES, include_external_packages=False, exclude_type_checking_imports=True, cache_dir=None
     )
     modules = {m for m in graph.modules if m.split(".")[0] in PACKAGES}
-    circles = [c for c in _circles(graph, modules) if frozenset(c) not in KNOWN_CIRCLES]
+    circles = _circles(graph, modules)
 
     def where(importer: str, imported: str) -> str:
         lines = graph.get_import_details(importer=importer, imported=imported)

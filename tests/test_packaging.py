@@ -192,6 +192,19 @@ def test_bare_wheel_imports_and_runs_without_any_extra(venv: Path) -> None:
     assert out.strip() == "[]"
 
 
+def test_the_installed_wheel_registers_its_data_sets_by_entry_point(venv: Path) -> None:
+    """The app's data sets come from the ``buildflow.datasets`` entry points of the installed
+    distribution: listed in ``produce --help`` and loaded without torch."""
+    r = _run([str(venv.parent / "buildflow"), "produce", "--help"], timeout=120)
+    assert "fashion-mnist" in r.stdout, r.stdout
+    code = (
+        "import sys; from buildflow.datasets import get_dataset\n"
+        "d = get_dataset('fashion-mnist'); print(d.name, dict(d.splits), 'torch' in sys.modules)"
+    )
+    out = _run([str(venv), "-c", code], timeout=120, cwd=venv.parent).stdout
+    assert out.strip() == "fashion-mnist {'test': 10000, 'train': 60000} False", out
+
+
 @pytest.mark.parametrize("extra", INSTALL_ORDER)
 def test_each_extra_installs_and_imports(venv: Path, wheel: Path, extra: str) -> None:
     before = _check(venv, extra, "before")

@@ -25,6 +25,17 @@ from buildflow.cli._common import (
 from buildflow.errors import BuildflowError
 
 
+def _dataset_names() -> str:
+    """The data sets the installed distributions declare (entry-point names only: nothing is
+    imported for help), for ``--dataset``'s help."""
+    from importlib.metadata import entry_points
+
+    from buildflow.datasets import ENTRY_POINT_GROUP
+
+    names = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return ", ".join(names) if names else "none (an app registers them: see buildflow.datasets)"
+
+
 @cli.command("upload")
 def upload_cmd(
     app: AppArg,
@@ -81,22 +92,27 @@ def produce_cmd(
         typer.Option("--rate", min=0.001, help="Images per second (default: as fast as possible)."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most this many.")] = None,
-    fashion_mnist: Annotated[
-        bool,
+    dataset: Annotated[
+        str | None,
         typer.Option(
-            "--fashion-mnist",
-            help="Publish Fashion-MNIST images (PNG, true class name as label) instead of a folder.",
+            "--dataset",
+            metavar="NAME[:SPLIT]",
+            help=(
+                "Publish examples of a registered data set (encoded images, true class as label) "
+                "instead of a folder; SPLIT defaults to its first. Registered: "
+                f"{_dataset_names()}."
+            ),
         ),
-    ] = False,
-    split: Annotated[str, typer.Option("--split", help="Fashion-MNIST split: test | train.")] = "test",
-    start: Annotated[int, typer.Option("--start", min=0, help="First Fashion-MNIST index sent.")] = 0,
+    ] = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="First data set index sent.")] = 0,
     end: Annotated[
-        int | None, typer.Option("--end", min=1, help="Fashion-MNIST index to stop before (default: all).")
+        int | None, typer.Option("--end", min=1, help="Data set index to stop before (default: all).")
     ] = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Publish a folder of images (recursively), or Fashion-MNIST images by index range
-    (--fashion-mnist --start 0 --end 1000), to a Kafka or Pub/Sub topic, with a progress bar."""
+    """Publish a folder of images (recursively), or a registered data set's examples by index
+    range (--dataset NAME[:SPLIT] --start 0 --end 1000), to a Kafka or Pub/Sub topic, with a
+    progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from buildflow.endpoints import check_kafka, preflight
@@ -113,14 +129,20 @@ def produce_cmd(
 
     configure_logging(log_level)
     try:
-        if (folder is None) != fashion_mnist:
-            raise BuildflowError("give exactly one of FOLDER or --fashion-mnist")
-        if split not in ("train", "test"):
-            raise BuildflowError(f"--split {split!r}: use 'test' or 'train'")
+        if (folder is None) == (dataset is None):
+            raise BuildflowError("give exactly one of FOLDER or --dataset NAME[:SPLIT]")
         if fmt not in PRODUCE_FORMATS:
             raise BuildflowError(f"--format {fmt!r}: use one of {', '.join(PRODUCE_FORMATS)}")
-        if fashion_mnist and fmt == "reference":
-            raise BuildflowError("--fashion-mnist sends image bytes: use --format raw, json or pixels")
+        if dataset is not None and fmt == "reference":
+            raise BuildflowError("--dataset sends image bytes: use --format raw, json or pixels")
+        if dataset is not None:
+            from buildflow.datasets import parse_dataset_spec
+
+            data_set, split = parse_dataset_spec(dataset)
+            size = data_set.splits[split]
+            if limit is not None:
+                end = min(end if end is not None else size, start + limit)
+            examples = data_set.read(split, start, end)  # checks the range before connecting
         if (kafka is None) == (pubsub is None):
             raise BuildflowError(
                 "give exactly one of --kafka HOST:PORT/TOPIC or --pubsub projects/P/topics/T"
@@ -149,7 +171,7 @@ def produce_cmd(
             console=err,
             disable=not err.is_terminal,
         ) as bar:
-            what = f"Fashion-MNIST {split} {start}..{end if end is not None else 'end'}"
+            what = f"{dataset} {start}..{end if end is not None else 'end'}"
             task = bar.add_task(f"producing {folder if folder is not None else what}", total=None)
             if folder is not None:
                 sent = produce(
@@ -160,14 +182,10 @@ def produce_cmd(
                     on_sent=lambda n, total: bar.update(task, completed=n, total=total),
                 )
             else:
-                from buildflow.datasets import fashion_mnist_png
-
-                if limit is not None:
-                    end = min(end, start + limit) if end is not None else start + limit
                 sent = produce_items(
-                    fashion_mnist_png("train" if split == "train" else "test", start, end),
+                    examples,
                     target,
-                    total=(end - start) if end is not None else None,
+                    total=(end if end is not None else size) - start,
                     rate=rate,
                     on_sent=lambda n, total: bar.update(task, completed=n, total=total),
                 )

@@ -37,15 +37,20 @@ same micro-batching, ack after the sink write, per-event dead-lettering and drai
 Code reaches the workers as Ray ships it: the app's folder is the job's ``working_dir``
 (uploaded; large and generated folders excluded), and the ``buildflow`` package must be
 installed on every node (``pip install 'buildflow[ray]'``).
+
+The parts: this module is the driver (connecting, starting replicas, the run loop, failures
+and stopping); :mod:`buildflow.runtime.ray_replica` the replica actor;
+:mod:`buildflow.runtime.ray_servers` the source and sink servers;
+:mod:`buildflow.runtime.ray_scaling` replica groups and autoscaling;
+:mod:`buildflow.runtime.ray_stats` the stats merged over replicas.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-import math
 import os
 import signal
 import threading
@@ -55,15 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from buildflow.errors import BuildflowError, ConfigurationError
-from buildflow.io.base import (
-    Envelope,
-    OutputRecord,
-    RowRejection,
-    SinkProvider,
-    SinkRuntime,
-    SourceProvider,
-    SourceRuntime,
-)
+from buildflow.io.base import SinkProvider
 from buildflow.runtime.base import (
     BoundProcessor,
     ProcessorStats,
@@ -73,9 +70,18 @@ from buildflow.runtime.base import (
     StopReason,
 )
 from buildflow.runtime.inprocess import _peak_rss_mb
+from buildflow.runtime.ray_replica import Replica
+from buildflow.runtime.ray_scaling import Autoscaling, Member, ReplicaGroup, ask_stop, autoscale
+from buildflow.runtime.ray_servers import (
+    RemoteSinkProvider,
+    RemoteSourceProvider,
+    SinkServer,
+    SourceServer,
+)
+from buildflow.runtime.ray_stats import merge_stats, run_clock_start
 from buildflow.schema import TableSchema
 
-__all__ = ["RayRuntime", "Autoscaling", "RayUnavailableError"]
+__all__ = ["RayRuntime", "Autoscaling", "RayUnavailableError", "Replica", "SourceServer", "SinkServer"]
 
 log = logging.getLogger(__name__)
 
@@ -119,30 +125,6 @@ class RayUnavailableError(BuildflowError):
     """``--runtime ray`` without Ray installed, or a cluster that cannot be reached."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Autoscaling:
-    """When the Ray runtime changes a processor's replica count (within its
-    ``min_replicas``..``max_replicas``).
-
-    Attributes:
-        interval_s: How often the backlog and the rate are read (seconds).
-        scale_up_drain_s: Add a replica when ``backlog / rate`` (the time the backlog
-            would take to drain at the current rate) exceeds this (seconds), or when
-            there is a backlog and no rate yet.
-        scale_down_idle_s: Remove a replica once the backlog has stayed at 0 this long.
-        cooldown_s: Least time between two changes of one processor (seconds).
-        reserve_cpus: CPUs the cluster keeps free for everything else (source reads, the
-            driver, other jobs): a replica is added only if ``num_cpus + reserve_cpus``
-            are available.
-    """
-
-    interval_s: float = 2.0
-    scale_up_drain_s: float = 10.0
-    scale_down_idle_s: float = 30.0
-    cooldown_s: float = 20.0
-    reserve_cpus: float = 0.5
-
-
 def _import_ray() -> Any:
     try:
         import ray
@@ -151,306 +133,6 @@ def _import_ray() -> Any:
             "the ray runtime needs Ray; install it with: pip install 'buildflow[ray]'"
         ) from e
     return ray
-
-
-# -- the source server and its client ---------------------------------------------------------
-class SourceServer:
-    """Opens a source once and hands its events to replicas (a Ray async actor).
-
-    Keeps, per un-acked event, the replica that pulled it, so that :meth:`release` can
-    give a dead replica's events back. ``max_events`` (the run's limit) is applied here,
-    over all replicas.
-    """
-
-    def __init__(
-        self,
-        provider: SourceProvider,
-        consumer: str,
-        max_events: int | None,
-        expected_replicas: int = 1,
-        fair_start_s: float = 60.0,
-    ) -> None:
-        self._provider = provider
-        self._consumer = consumer
-        self._source: SourceRuntime[Any] | None = None
-        self._owner: dict[Any, tuple[str, Envelope[Any]]] = {}
-        self._budget = max_events
-        self._lock: asyncio.Lock | None = None
-        self._pulled = 0
-        # Fair start: nothing is handed out until the first `expected_replicas` replicas
-        # have all asked (they are set up: models loaded), or `fair_start_s` after the
-        # first asked, so that the first replica up does not take a whole backlog.
-        self._expected = expected_replicas
-        self._fair_start_s = fair_start_s
-        self._seen: set[str] = set()
-        self._first_ask: float | None = None
-
-    async def _open(self) -> SourceRuntime[Any]:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        if self._source is None:
-            self._source = self._provider.open(self._consumer)
-        return self._source
-
-    async def pull(self, replica: str, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
-        source = await self._open()
-        assert self._lock is not None
-        if len(self._seen) < self._expected:
-            self._seen.add(replica)
-            now = time.monotonic()
-            self._first_ask = self._first_ask or now
-            if len(self._seen) < self._expected and now - self._first_ask < self._fair_start_s:
-                await asyncio.sleep(min(timeout_s, 0.05))
-                return []
-            self._expected = 0  # everyone is here (or waited long enough)
-        async with self._lock:  # a source's pull is not re-entrant
-            if self._budget is not None:
-                max_events = min(max_events, self._budget)
-                if max_events <= 0:
-                    await asyncio.sleep(min(timeout_s, 0.05))
-                    return []
-            got = await source.pull(max_events, timeout_s)
-            if self._budget is not None:
-                self._budget -= len(got)
-        self._pulled += len(got)
-        for env in got:
-            self._owner[env.ack_id] = (replica, env)
-        return got
-
-    def _take(self, replica: str, ack_ids: Sequence[Any]) -> list[Envelope[Any]]:
-        out = []
-        for a in ack_ids:
-            owner = self._owner.get(a)
-            if owner is not None and owner[0] == replica:
-                del self._owner[a]
-                out.append(owner[1])
-        return out
-
-    async def ack(self, replica: str, ack_ids: Sequence[Any]) -> None:
-        envs = self._take(replica, ack_ids)
-        if envs:
-            await (await self._open()).ack(envs)
-
-    async def nack(self, replica: str, ack_ids: Sequence[Any]) -> None:
-        envs = self._take(replica, ack_ids)
-        if envs:
-            await (await self._open()).nack(envs)
-
-    async def release(self, replica: str) -> int:
-        """Give back (nack) every event ``replica`` pulled and did not ack: it died."""
-        ids = [a for a, (r, _) in self._owner.items() if r == replica]
-        await self.nack(replica, ids)
-        return len(ids)
-
-    async def backlog(self) -> int | None:
-        return await (await self._open()).backlog()
-
-    async def is_drained(self) -> bool:
-        if self._owner:
-            return False
-        if self._budget is not None and self._budget <= 0:
-            return True  # the run's limit is reached and everything pulled is acked
-        return await (await self._open()).is_drained()
-
-    async def status(self) -> dict[str, Any]:
-        return {
-            "backlog": await self.backlog(),
-            "inflight": len(self._owner),
-            "pulled": self._pulled,
-            "exhausted": self._budget is not None and self._budget <= 0 and not self._owner,
-        }
-
-    async def close(self) -> None:
-        if self._source is not None:
-            await self._source.close()
-
-
-class _RemoteSource(SourceRuntime[Any]):
-    """A replica's view of a :class:`SourceServer`."""
-
-    def __init__(self, server: Any, replica: str) -> None:
-        self._server = server
-        self._replica = replica
-
-    async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[Any]]:
-        got: list[Envelope[Any]] = await self._server.pull.remote(self._replica, max_events, timeout_s)
-        return got
-
-    async def ack(self, envelopes: Sequence[Envelope[Any]]) -> None:
-        await self._server.ack.remote(self._replica, [e.ack_id for e in envelopes])
-
-    async def nack(self, envelopes: Sequence[Envelope[Any]]) -> None:
-        await self._server.nack.remote(self._replica, [e.ack_id for e in envelopes])
-
-    async def backlog(self) -> int | None:
-        n: int | None = await self._server.backlog.remote()
-        return n
-
-    async def is_drained(self) -> bool:
-        drained: bool = await self._server.is_drained.remote()
-        return drained
-
-
-class _RemoteSourceProvider(SourceProvider):
-    def __init__(self, inner: SourceProvider, server: Any, replica: str) -> None:
-        super().__init__(inner.declaration, inner.environment)
-        self._inner = inner
-        self._server = server
-        self._replica = replica
-
-    def resources(self, consumer: str) -> list[Any]:
-        return self._inner.resources(consumer)
-
-    def open(self, consumer: str) -> SourceRuntime[Any]:
-        return _RemoteSource(self._server, self._replica)
-
-
-# -- the sink server and its client -----------------------------------------------------------
-class SinkServer:
-    """Opens a sink once and writes the replicas' rows (a Ray async actor), for sinks that
-    allow one writing process only (an embedded DuckDB file)."""
-
-    def __init__(self, provider: SinkProvider, schema: TableSchema) -> None:
-        self._provider = provider
-        self._schema = schema
-        self._sink: SinkRuntime | None = None
-        self._lock: asyncio.Lock | None = None
-
-    async def write(self, records: list[OutputRecord]) -> Sequence[RowRejection] | None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._sink is None:
-                self._sink = self._provider.open(self._schema)
-            return await self._sink.write(records)
-
-    async def close(self) -> None:
-        if self._sink is not None:
-            await self._sink.close()
-
-
-class _RemoteSink(SinkRuntime):
-    def __init__(self, server: Any) -> None:
-        self._server = server
-
-    async def write(self, records: Sequence[OutputRecord]) -> Sequence[RowRejection] | None:
-        out: Sequence[RowRejection] | None = await self._server.write.remote(list(records))
-        return out
-
-
-class _RemoteSinkProvider(SinkProvider):
-    concurrent_writers = True
-
-    def __init__(self, inner: SinkProvider, server: Any) -> None:
-        super().__init__(inner.declaration, inner.environment)
-        self._inner = inner
-        self._server = server
-
-    def resources(self, schema: TableSchema) -> list[Any]:
-        return self._inner.resources(schema)
-
-    def open(self, schema: TableSchema) -> SinkRuntime:
-        return _RemoteSink(self._server)
-
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        return self._inner.query(sql)
-
-
-# -- a replica ----------------------------------------------------------------------------------
-class Replica:
-    """One replica of a processor (a threaded Ray actor): the in-process runtime over one
-    bound processor whose clients are its own or those of the servers above."""
-
-    def __init__(self, bound: BoundProcessor, options: RunOptions, replica: str) -> None:
-        from buildflow.runtime.inprocess import InProcessRuntime
-
-        self._bound = bound
-        self._options = dataclasses.replace(options, handle_signals=False, progress_interval_s=0.25)
-        self._replica = replica
-        self._runtime = InProcessRuntime()
-        self._stats: ProcessorStats | None = None
-        self._started_at: float | None = None  # wall clock of the run clock's start
-        self._lag = 0.0
-
-    def run(self) -> tuple[RunSummary, float | None, float]:
-        """Run until a stop; returns (the summary, the wall clock its run clock started at,
-        this process's peak RSS in MiB)."""
-
-        def on_progress(stats: list[ProcessorStats], elapsed: float) -> None:
-            self._stats = stats[0]
-            if self._started_at is None:
-                self._started_at = time.time() - elapsed
-
-        summary = self._runtime.run([self._bound], self._options, on_progress=on_progress)
-        return summary, self._started_at, _peak_rss_mb()
-
-    def stats(self) -> tuple[ProcessorStats | None, float | None, float]:
-        """(a copy of the live stats, the wall clock its run started at, peak RSS MiB)."""
-        s = self._stats
-        if s is not None:
-            s = s.copy()
-        return s, self._started_at, _peak_rss_mb()
-
-    def node(self) -> str:
-        """The Ray node this replica runs on (its id)."""
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-
-    def stop(self, hard: bool = False) -> None:
-        self._runtime.request_stop("signal", hard=hard)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-# -- the driver ---------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Member:
-    """A live replica, as the driver sees it."""
-
-    rid: str
-    actor: Any
-    ref: Any  # the ObjectRef of Replica.run
-    started: float  # driver's monotonic clock
-    stopping: bool = False
-
-
-@dataclasses.dataclass
-class _Group:
-    """The replicas of one processor."""
-
-    bound: BoundProcessor
-    source_server: Any
-    sink_server: Any
-    dl_server: Any
-    min_replicas: int
-    max_replicas: int
-    target: int
-    num_cpus: float
-    num_gpus: float
-    members: dict[str, _Member] = dataclasses.field(default_factory=dict)
-    # the latest stats of every replica ever started (live, finished or dead), its run
-    # clock's start (wall clock) and its peak RSS
-    stats: dict[str, ProcessorStats] = dataclasses.field(default_factory=dict)
-    started_at: dict[str, float] = dataclasses.field(default_factory=dict)
-    rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
-    finished: dict[str, RunSummary] = dataclasses.field(default_factory=dict)
-    died: list[str] = dataclasses.field(default_factory=list)
-    started: int = 0
-    last_change: float = 0.0
-    empty_since: float | None = None
-    rate_window: list[tuple[float, int]] = dataclasses.field(default_factory=list)
-    backlog: int | None = None
-    nodes: dict[str, Any] = dataclasses.field(default_factory=dict)  # replica -> node id (or its ref)
-
-    @property
-    def name(self) -> str:
-        return self.bound.name
-
-    @property
-    def first_start(self) -> float | None:
-        return min(self.started_at.values()) if self.started_at else None
 
 
 class RayRuntime(Runtime):
@@ -588,7 +270,7 @@ class RayRuntime(Runtime):
         return True
 
     # -- running ---------------------------------------------------------------------------
-    def _group(self, ray: Any, bound: BoundProcessor, options: RunOptions) -> _Group:
+    def _group(self, ray: Any, bound: BoundProcessor, options: RunOptions) -> ReplicaGroup:
         p = bound.spec.processor
         if self.replicas is not None:
             lo = hi = target = self.replicas
@@ -615,7 +297,7 @@ class RayRuntime(Runtime):
         from buildflow.io.base import DeadLetterRow
         from buildflow.schema import schema_from_dataclass
 
-        return _Group(
+        return ReplicaGroup(
             bound=bound,
             source_server=source_server,
             sink_server=sink_server(bound.sink, bound.spec.schema),
@@ -627,20 +309,18 @@ class RayRuntime(Runtime):
             num_gpus=p.num_gpus,
         )
 
-    def _start_replica(self, ray: Any, g: _Group, options: RunOptions) -> None:
+    def _start_replica(self, ray: Any, g: ReplicaGroup, options: RunOptions) -> None:
         g.started += 1
         rid = f"{g.name}-{g.started}"
         bound = g.bound
         if g.source_server is not None:
             bound = dataclasses.replace(
-                bound, source=_RemoteSourceProvider(bound.source, g.source_server, rid)
+                bound, source=RemoteSourceProvider(bound.source, g.source_server, rid)
             )
         if g.sink_server is not None:
-            bound = dataclasses.replace(bound, sink=_RemoteSinkProvider(bound.sink, g.sink_server))
+            bound = dataclasses.replace(bound, sink=RemoteSinkProvider(bound.sink, g.sink_server))
         if g.dl_server is not None:
-            bound = dataclasses.replace(
-                bound, dead_letter=_RemoteSinkProvider(bound.dead_letter, g.dl_server)
-            )
+            bound = dataclasses.replace(bound, dead_letter=RemoteSinkProvider(bound.dead_letter, g.dl_server))
         opts = options
         if g.source_server is not None:
             opts = dataclasses.replace(options, max_events=None)  # the source server applies it
@@ -653,7 +333,7 @@ class RayRuntime(Runtime):
             .options(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_concurrency=4, max_restarts=0)
             .remote(bound, opts, rid)
         )
-        g.members[rid] = _Member(rid=rid, actor=actor, ref=actor.run.remote(), started=time.monotonic())
+        g.members[rid] = Member(rid=rid, actor=actor, ref=actor.run.remote(), started=time.monotonic())
         g.nodes[rid] = actor.node.remote()
         g.last_change = time.monotonic()
         log.info("processor %s: started replica %s (%d running)", g.name, rid, len(g.members))
@@ -693,7 +373,7 @@ class RayRuntime(Runtime):
                     hard_deadline = time.monotonic() + options.drain_timeout_s
                     for g in groups:
                         for m in g.members.values():
-                            self._ask_stop(m)
+                            ask_stop(m)
                 if hard_deadline is not None and any(g.members for g in groups):
                     late = time.monotonic() >= hard_deadline
                     if late or (requested is not None and requested[1]):
@@ -711,12 +391,15 @@ class RayRuntime(Runtime):
                     self._poll(ray, groups)
                     if on_progress is not None:
                         on_progress(
-                            [self._merge(g) for g in groups], time.time() - self._start(groups, wall_start)
+                            [merge_stats(g) for g in groups],
+                            time.time() - run_clock_start(groups, wall_start),
                         )
                 if stop_reason is None and now - last_scale >= self.autoscaling.interval_s:
                     last_scale = now
                     for g in groups:
-                        self._autoscale(ray, g, options)
+                        autoscale(
+                            ray, g, self.autoscaling, functools.partial(self._start_replica, ray, g, options)
+                        )
         finally:
             close_errors: list[str] = []
             for g in groups:
@@ -739,9 +422,9 @@ class RayRuntime(Runtime):
                 error = "; ".join([*([error] if error else []), *close_errors])
         for g in groups:
             self._resolve_nodes(ray, g, timeout=1.0)
-        stats = [self._merge(g) for g in groups]
+        stats = [merge_stats(g) for g in groups]
         if on_progress is not None:
-            on_progress(stats, time.time() - self._start(groups, wall_start))
+            on_progress(stats, time.time() - run_clock_start(groups, wall_start))
         reasons = [s.stop_reason for g in groups for s in g.finished.values()]
         final: StopReason = stop_reason or (reasons[0] if reasons else "stopped")
         if "hard-stop" in reasons:  # a replica's own drain deadline passed: not a clean drain
@@ -750,7 +433,7 @@ class RayRuntime(Runtime):
             final = "error"
         return RunSummary(
             processors=stats,
-            elapsed_s=time.time() - self._start(groups, wall_start),
+            elapsed_s=time.time() - run_clock_start(groups, wall_start),
             stop_reason=final,
             # the job's memory: the driver plus every replica at its peak
             peak_rss_mb=_peak_rss_mb() + sum(sum(g.rss_mb.values()) for g in groups),
@@ -761,14 +444,8 @@ class RayRuntime(Runtime):
         )
 
     # -- helpers ---------------------------------------------------------------------------
-    @staticmethod
-    def _start(groups: list[_Group], default: float) -> float:
-        """Wall clock of the first replica's run start (after its setup): the run clock."""
-        starts = [s for s in (g.first_start for g in groups) if s is not None]
-        return min(starts) if starts else default
-
     def _collect(
-        self, ray: Any, groups: list[_Group], ref: Any, options: RunOptions, stopping: bool
+        self, ray: Any, groups: list[ReplicaGroup], ref: Any, options: RunOptions, stopping: bool
     ) -> str | None:
         """A replica's run ended: keep its summary, or replace it if it died. Returns an
         error message when the run must fail."""
@@ -815,13 +492,7 @@ class RayRuntime(Runtime):
                 return f"replica {rid}: {summary.error}" if summary.error else None
         return None
 
-    @staticmethod
-    def _ask_stop(m: _Member) -> None:
-        m.stopping = True
-        with contextlib.suppress(Exception):
-            m.actor.stop.remote(False)
-
-    def _kill_all(self, ray: Any, groups: list[_Group]) -> None:
+    def _kill_all(self, ray: Any, groups: list[ReplicaGroup]) -> None:
         for g in groups:
             for rid, m in list(g.members.items()):
                 with contextlib.suppress(Exception):
@@ -831,7 +502,7 @@ class RayRuntime(Runtime):
                         ray.get(g.source_server.release.remote(rid), timeout=10)
                 del g.members[rid]
 
-    def _exhausted(self, ray: Any, groups: list[_Group]) -> bool:
+    def _exhausted(self, ray: Any, groups: list[ReplicaGroup]) -> bool:
         servers = [g.source_server for g in groups if g.source_server is not None]
         if not servers:
             return False
@@ -840,7 +511,7 @@ class RayRuntime(Runtime):
         except Exception:
             return False
 
-    def _poll(self, ray: Any, groups: list[_Group]) -> None:
+    def _poll(self, ray: Any, groups: list[ReplicaGroup]) -> None:
         """Fetch every live replica's stats (one that does not answer in 2 s keeps its last)."""
         members = [(g, m) for g in groups for m in g.members.values()]
         refs = [m.actor.stats.remote() for _, m in members]
@@ -866,7 +537,7 @@ class RayRuntime(Runtime):
                 g.backlog = max(known) if known else None
 
     @staticmethod
-    def _resolve_nodes(ray: Any, g: _Group, timeout: float = 0.0) -> None:
+    def _resolve_nodes(ray: Any, g: ReplicaGroup, timeout: float = 0.0) -> None:
         for rid, node in list(g.nodes.items()):
             if isinstance(node, str):
                 continue
@@ -876,111 +547,6 @@ class RayRuntime(Runtime):
                 except Exception:
                     g.nodes[rid] = "?"
 
-    def _merge(self, g: _Group) -> ProcessorStats:
-        """One processor's stats over all its replicas: live, finished and dead."""
-        out = ProcessorStats(name=g.name)
-        metrics: dict[str, Any] = {}
-        base = g.first_start
-        lasts = []
-        for rid, s in g.stats.items():
-            out.events += s.events
-            out.rows += s.rows
-            out.dead_letters += s.dead_letters
-            out.batches += s.batches
-            out.sink_writes += s.sink_writes
-            out.setup_calls += s.setup_calls
-            out.teardown_calls += s.teardown_calls
-            out.sink_retries += s.sink_retries
-            out.latencies_ms.extend(s.latencies_ms)
-            out.latency_s.add(s.latency_s)
-            out.batch_s.add(s.batch_s)
-            for kind, n in s.dead_letters_by_type.items():
-                out.dead_letters_by_type[kind] = out.dead_letters_by_type.get(kind, 0) + n
-            for stage, seconds in s.stage_s.items():  # summed over replicas
-                out.stage_s[stage] = out.stage_s.get(stage, 0.0) + seconds
-            for key, value in s.read_ahead.items():  # counts summed, peaks per replica's max
-                old = out.read_ahead.get(key, 0)
-                out.read_ahead[key] = max(old, value) if key.startswith("peak_") else old + value
-            if s.first_row_at is not None and (out.first_row_at is None or s.first_row_at < out.first_row_at):
-                out.first_row_at = s.first_row_at
-            if s.setup_s is not None:
-                out.setup_s = max(out.setup_s or 0.0, s.setup_s)
-            if s.last_write_s is not None and base is not None and rid in g.started_at:
-                lasts.append(g.started_at[rid] + s.last_write_s - base)
-            _merge_metrics(metrics, s.metrics)
-        if out.first_row_at is not None and base is not None:
-            out.first_row_s = max(0.0, out.first_row_at - base)
-        out.last_write_s = max(lasts) if lasts else None
-        out.metrics = metrics
-        out.backlog = g.backlog
-        out.replicas = len(g.members)
-        out.replicas_started = g.started
-        out.replicas_died = len(g.died)
-        out.per_replica = [
-            {
-                "replica": rid,
-                "state": "running" if rid in g.members else "died" if rid in g.died else "finished",
-                "events": s.events,
-                "rows": s.rows,
-                "dead_letters": s.dead_letters,
-                "model_loads": s.metrics.get("model_loads", 0),
-                "peak_rss_mb": round(g.rss_mb.get(rid, 0.0), 1),
-                "node": g.nodes.get(rid) if isinstance(g.nodes.get(rid), str) else None,
-            }
-            for rid, s in g.stats.items()
-        ]
-        return out
-
-    def _autoscale(self, ray: Any, g: _Group, options: RunOptions) -> None:
-        a = self.autoscaling
-        now = time.monotonic()
-        g.rate_window.append((now, sum(s.events for s in g.stats.values())))
-        g.rate_window = [(t, n) for t, n in g.rate_window if now - t <= max(3 * a.interval_s, 5.0)]
-        if g.min_replicas == g.max_replicas or now - g.last_change < a.cooldown_s:
-            return
-        (t0, n0), (t1, n1) = g.rate_window[0], g.rate_window[-1]
-        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        backlog = g.backlog or 0
-        running = [m for m in g.members.values() if not m.stopping]
-        if backlog > 0:
-            g.empty_since = None
-            drain_s = backlog / rate if rate > 0 else math.inf
-            if drain_s <= a.scale_up_drain_s or len(running) >= g.max_replicas:
-                return
-            free = float(ray.available_resources().get("CPU", 0.0))
-            if free < g.num_cpus + a.reserve_cpus:
-                log.info(
-                    "processor %s: backlog %d but %.1f CPUs free (a replica needs %.1f, %.1f kept free): "
-                    "not adding one",
-                    g.name,
-                    backlog,
-                    free,
-                    g.num_cpus,
-                    a.reserve_cpus,
-                )
-                g.last_change = now  # ask again after the cool-down, not every interval
-                return
-            log.info(
-                "processor %s: backlog %d at %.1f events/s (%.0f s to drain): adding a replica",
-                g.name,
-                backlog,
-                rate,
-                drain_s,
-            )
-            self._start_replica(ray, g, options)
-        else:
-            g.empty_since = g.empty_since or now
-            if now - g.empty_since >= a.scale_down_idle_s and len(running) > g.min_replicas:
-                victim = max(running, key=lambda m: m.started)
-                log.info(
-                    "processor %s: no backlog for %.0f s: stopping replica %s",
-                    g.name,
-                    now - g.empty_since,
-                    victim.rid,
-                )
-                self._ask_stop(victim)
-                g.last_change = g.empty_since = now
-
 
 def _first_line(e: BaseException) -> str:
     """The gist of a Ray error (its messages carry whole remote tracebacks)."""
@@ -989,21 +555,3 @@ def _first_line(e: BaseException) -> str:
         if "Error:" in line and "Traceback" not in line:
             return line.strip()[:500]
     return (text.splitlines()[0] if text else type(e).__name__)[:500]
-
-
-def _merge_metrics(into: dict[str, Any], more: dict[str, Any]) -> None:
-    """Counters add; observations ``{"count", "mean", "max"}`` combine."""
-    for k, v in more.items():
-        have = into.get(k)
-        if isinstance(v, dict):
-            if isinstance(have, dict):
-                n = have["count"] + v["count"]
-                into[k] = {
-                    "count": n,
-                    "mean": (have["mean"] * have["count"] + v["mean"] * v["count"]) / n if n else 0.0,
-                    "max": max(have["max"], v["max"]),
-                }
-            else:
-                into[k] = dict(v)
-        else:
-            into[k] = (have or 0) + v

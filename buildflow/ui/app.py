@@ -3,7 +3,9 @@
 Endpoints (``processor`` query parameter: whose source/sink, default the first processor):
 
 * ``GET /``: the page. ``GET /static/...``: its script, style and vendored libraries.
-* ``GET /api/config``: processors, upload limits, test-set forms.
+* ``GET /api/config``: processors (each with the data set it prefers, or null), upload
+  limits, and the registered data sets (:mod:`buildflow.datasets`: ``name``, ``title``,
+  ``splits`` as ``{split: size}``, ``max_per_request``).
 * ``POST /api/uploads``: ``multipart/form-data`` with one or more ``files`` parts. Each
   must be at most ``max_upload_bytes`` (413) and start like an image (415); otherwise
   nothing of the request is written. Names are reduced to safe base names. 201 with
@@ -18,8 +20,15 @@ Endpoints (``processor`` query parameter: whose source/sink, default the first p
   (a query of the sink failed).
 * ``GET /api/thumbnails/{object name}``: a JPEG thumbnail, from the uploaded bytes or read
   back through the source provider's blob reader.
-* ``POST /api/test-sets/{name}``: publish a labelled test-set range (see
-  :mod:`buildflow.ui.testsets`).
+* ``POST /api/datasets/{name}``: ``{"processor", "split", "start", "end"}`` (split: default
+  the data set's first) publishes examples ``start..end-1`` of a registered data set into
+  the processor's source, each with its true label where the source carries labels (Kafka
+  headers, Pub/Sub attributes). 201 with ``{"processor", "dataset", "split", "sent",
+  "first"}``; 404 for a data set that is not registered, 422 for a bad split or range (at
+  most ``max_per_request`` examples), 409 when its files cannot be read.
+
+A processor states the data set its form preselects with a class attribute
+``dataset = "NAME"`` (:data:`DATASET_ATTRIBUTE`); the page offers every registered one.
 
 Errors are ``{"detail": "..."}`` with a 4xx/5xx status.
 """
@@ -45,17 +54,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from buildflow.datasets import Dataset, registered
 from buildflow.errors import BuildflowError, ConfigurationError, ResourceMissingError
 from buildflow.io.base import SinkProvider
 from buildflow.runtime.base import BoundProcessor
 from buildflow.ui.config import UiConfig
 from buildflow.ui.state import UiState
 from buildflow.ui.tables import QueryRunner, RowView, TableRef, dead_letters_sql, latest_rows_sql, table_ref
-from buildflow.ui.testsets import TestSet, find_test_set
 from buildflow.ui.thumbnails import ThumbnailCache, make_thumbnail, object_reader
 from buildflow.ui.uploads import IMAGE_SIGNATURES, Uploader, UploadItem, safe_object_name, sniff_image
 
-__all__ = ["create_app", "STATIC_DIR", "TOKEN_COOKIE"]
+__all__ = ["create_app", "STATIC_DIR", "TOKEN_COOKIE", "DATASET_ATTRIBUTE", "preferred_dataset"]
+
+DATASET_ATTRIBUTE = "dataset"
+"""The processor class attribute naming the registered data set its page form preselects."""
+
+
+def preferred_dataset(bound: BoundProcessor) -> str | None:
+    """The data set ``bound``'s processor names in its ``dataset`` attribute, or None."""
+    name = getattr(bound.spec.processor, DATASET_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
+
 
 log = logging.getLogger("buildflow.ui")
 
@@ -320,34 +339,32 @@ def create_app(bound: Sequence[BoundProcessor], state: UiState, config: UiConfig
 
     @app.get("/api/config")
     async def get_config() -> dict[str, Any]:
-        procs = []
-        for b in ui.bound.values():
-            ts = find_test_set(b)
-            procs.append(
-                {
-                    "name": b.name,
-                    "source": b.spec.source.describe(),
-                    "sink": b.spec.sink.describe(),
-                    "delivery": ui.uploaders[b.name].kind,
-                    "rows_queryable": ui.row_tables[b.name] is not None,
-                    "test_set": (
-                        {
-                            "name": ts.name,
-                            "title": ts.title,
-                            "size": ts.size,
-                            "max_per_request": ts.max_per_request,
-                        }
-                        if ts
-                        else None
-                    ),
-                }
-            )
+        procs = [
+            {
+                "name": b.name,
+                "source": b.spec.source.describe(),
+                "sink": b.spec.sink.describe(),
+                "delivery": ui.uploaders[b.name].kind,
+                "rows_queryable": ui.row_tables[b.name] is not None,
+                "dataset": preferred_dataset(b),
+            }
+            for b in ui.bound.values()
+        ]
         return {
             "processors": procs,
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_files_per_request": cfg.max_files_per_request,
             "accept": _ACCEPT,
             "gallery_size": cfg.gallery_size,
+            "datasets": [
+                {
+                    "name": d.name,
+                    "title": d.title,
+                    "splits": dict(d.splits),
+                    "max_per_request": d.max_per_request,
+                }
+                for d in registered().values()
+            ],
         }
 
     @app.get("/api/metrics")
@@ -437,29 +454,40 @@ def create_app(bound: Sequence[BoundProcessor], state: UiState, config: UiConfig
         ]
         return JSONResponse({"uploaded": uploaded}, status_code=201)
 
-    @app.post("/api/test-sets/{name}", status_code=201)
-    async def post_test_set(name: str, request: Request) -> dict[str, Any]:
+    @app.post("/api/datasets/{name}", status_code=201)
+    async def post_dataset(name: str, request: Request) -> dict[str, Any]:
         try:
             body = await request.json()
-            processor, start, end = body.get("processor"), int(body["start"]), int(body["end"])
+            processor, split = body.get("processor"), body.get("split")
+            start, end = int(body["start"]), int(body["end"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise HTTPException(422, 'send JSON {"processor": name, "start": int, "end": int}') from e
+            raise HTTPException(
+                422, 'send JSON {"processor": name, "split": name, "start": int, "end": int}'
+            ) from e
         b = ui.pick(processor)
-        ts = find_test_set(b)
-        if ts is None or ts.name != name:
-            raise HTTPException(404, f"processor {b.name!r} has no test set {name!r}")
-        if not 0 <= start < end <= ts.size or end - start > ts.max_per_request:
+        dataset = registered().get(name)
+        if dataset is None:
+            raise HTTPException(
+                404, f"no data set {name!r} is registered; registered: {', '.join(registered())}"
+            )
+        split = dataset.default_split if split is None else str(split)
+        if split not in dataset.splits:
+            raise HTTPException(
+                422, f"data set {name!r} has no split {split!r}; use one of {list(dataset.splits)}"
+            )
+        size = dataset.splits[split]
+        if not 0 <= start < end <= size or end - start > dataset.max_per_request:
             raise HTTPException(
                 422,
-                f"range {start}..{end}: give 0 <= start < end <= {ts.size}, "
-                f"at most {ts.max_per_request} images",
+                f"range {start}..{end}: give 0 <= start < end <= {size}, "
+                f"at most {dataset.max_per_request} images",
             )
-        items = await run_in_threadpool(_test_set_items, ts, start, end)
+        items = await run_in_threadpool(_dataset_items, dataset, split, start, end)
         wheres = await _deliver(ui.uploaders[b.name], items)
         state.record_upload(len(items), 0)
         for i in items:
             ui.thumbnails.put(b.name, i.name, None)  # read back through the provider if asked
-        return {"processor": b.name, "test_set": name, "sent": len(items), "first": wheres[:1]}
+        return {"processor": b.name, "dataset": name, "split": split, "sent": len(items), "first": wheres[:1]}
 
     @app.get("/api/thumbnails/{name:path}")
     async def get_thumbnail(name: str, processor: str | None = None) -> Response:
@@ -537,9 +565,11 @@ def _bad_object_name(name: str) -> bool:
     return any(p in ("", ".", "..") for p in name.split("/"))
 
 
-def _test_set_items(ts: TestSet, start: int, end: int) -> list[UploadItem]:
+def _dataset_items(dataset: Dataset, split: str, start: int, end: int) -> list[UploadItem]:
     try:
-        return [UploadItem(n, d, ts.content_type, label) for n, d, label in ts.items(start, end)]
+        return [
+            UploadItem(n, d, dataset.content_type, label) for n, d, label in dataset.read(split, start, end)
+        ]
     except BuildflowError as e:  # files missing, Pillow missing
         raise HTTPException(409, str(e)) from e
 

@@ -372,7 +372,7 @@ class TrainingConfig(_Section):
         """The normalisation: ``image.mean``/``std``, else the fine-tuned model's own."""
         if self.image.mean is not None and self.image.std is not None:
             return self.image.mean, self.image.std
-        from models.registry import registered_preprocessing
+        from models.architectures import registered_preprocessing
 
         assert self.model.finetune is not None
         pre = registered_preprocessing(self.model.finetune.base)

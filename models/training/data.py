@@ -128,8 +128,8 @@ def load_fashion_mnist(
         ModelError: The IDX files are missing (the message says how to install them), or
             the range is outside the split.
     """
-    from buildflow.datasets import load_fashion_mnist as read
     from buildflow.errors import BuildflowError
+    from models.datasets.fashion_mnist import load_fashion_mnist as read
 
     try:
         images, labels = read("train" if split == "train" else "test", root)
@@ -207,7 +207,7 @@ def load_data(config: TrainingConfig) -> DataSplits:
     test: ImageSet | None = None
     class_names: tuple[str, ...]
     if isinstance(data, FashionMNISTData):
-        from buildflow.datasets import FASHION_MNIST_CLASSES
+        from models.datasets.fashion_mnist import FASHION_MNIST_CLASSES
 
         class_names = FASHION_MNIST_CLASSES
         full = load_fashion_mnist("train", pre, root=data.root, end=data.train_limit)

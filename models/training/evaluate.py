@@ -34,7 +34,7 @@ def evaluate(
         split: ``test``, ``val`` or ``train`` (default: ``test`` where the data set has one,
             else ``val``). ``val`` and ``train`` are the checkpoint's own split.
         start, end: Index range within the split (Fashion-MNIST ``test``: the test-set
-            indices, as ``buildflow produce --fashion-mnist --start --end`` sends them).
+            indices, as ``buildflow produce --dataset fashion-mnist --start --end`` sends them).
         data: Read the data from here instead of the config's location (an IDX folder for
             Fashion-MNIST, else a folder per class).
         out: Write ``report.json``, ``report.md`` and ``confusion_matrix.png`` there.

@@ -8,7 +8,7 @@ classifier head ``Flatten -> Dropout(head_dropout) -> Linear(features, num_class
 appended with ``features`` measured on that batch.
 
 Fine-tuning takes a built-in registry architecture with its ImageNet weights
-(:func:`models.registry.build_backbone`) and replaces its last ``Linear`` with
+(:func:`models.architectures.build_backbone`) and replaces its last ``Linear`` with
 ``Dropout -> Linear(in_features, num_classes)``; with ``freeze_backbone`` only that head
 trains, and the backbone's BatchNorm layers keep their ImageNet statistics.
 """
@@ -147,7 +147,7 @@ def build_model(config: TrainingConfig, *, pretrained: bool = True, device: str 
         )
         return BuiltModel(module.to(device), "head")
     assert spec.finetune is not None
-    from models.registry import build_backbone
+    from models.architectures import build_backbone
 
     if channels == 1:
         raise ConfigError(

@@ -189,28 +189,43 @@ def test_no_backlog_for_a_while_stops_a_replica_down_to_min(
     assert result.summary.processors[0].teardown_calls == 2  # the stopped one drained too
 
 
+@dataclasses.dataclass
 class Forever(Base):
+    """Each replica touches ``<started>/<pid>`` at its first event."""
+
+    started: str = ""
     num_replicas = 2
 
     def process(self, event: GCSFileEvent) -> Row:
+        Path(self.started, str(os.getpid())).touch()
         time.sleep(0.02)
         return Row(event.name, os.getpid())
 
 
-def test_a_stop_drains_every_replica_and_nothing_hangs(ray_runtime: Any) -> None:
-    """No until-idle: the run goes on until asked to stop; every event pulled by then is
-    written and acked (rows == events), and both replicas report back."""
-    timer = threading.Timer(4.0, ray_runtime.request_stop)
-    timer.start()
-    t0 = time.monotonic()
+def test_a_stop_drains_every_replica_and_nothing_hangs(ray_runtime: Any, tmp_path: Path) -> None:
+    """No until-idle: the run goes on until asked to stop (once both replicas are processing);
+    every event pulled by then is written and acked (rows == events), and both replicas
+    report back."""
+    asked: list[float] = []
+
+    def stop_once_both_replicas_process() -> None:
+        deadline = time.monotonic() + 120  # replicas start slowly on a loaded machine
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asked.append(time.monotonic())
+        ray_runtime.request_stop()
+
+    stopper = threading.Thread(target=stop_once_both_replicas_process, daemon=True)
+    stopper.start()
     result = run_processor(
-        Forever(),
+        Forever(started=str(tmp_path)),
         events(2000),
         runtime=ray_runtime,
         options=RunOptions(handle_signals=False, drain_timeout_s=20),
     )
-    timer.join()
-    assert time.monotonic() - t0 < 30
+    stopper.join()
+    assert len(list(tmp_path.iterdir())) == 2  # both replicas were processing when asked
+    assert time.monotonic() - asked[0] < 30  # the drain ends well within its deadline
     summary = result.summary
     assert summary.stop_reason == "signal"
     assert 0 < summary.rows == summary.events < 2000

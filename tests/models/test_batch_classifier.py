@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import models.architectures
 import models.registry
 from models import (
     BatchClassifier,
@@ -43,7 +44,9 @@ def _png(colour: tuple[int, int, int], size: tuple[int, int] = (10, 6)) -> bytes
 
 @pytest.fixture
 def classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(models.registry, "_REGISTRY", dict(models.registry._REGISTRY))
+    isolated = dict(models.architectures._REGISTRY)  # the catalogue, also seen through registry
+    monkeypatch.setattr(models.architectures, "_REGISTRY", isolated)
+    monkeypatch.setattr(models.registry, "_REGISTRY", isolated)
     weight = torch.zeros(3, 12)
     weight[1], weight[2] = math.log(2) / 12, math.log(3) / 12
     torch.save({"1.weight": weight, "1.bias": torch.zeros(3)}, tmp_path / "tiny.pt")

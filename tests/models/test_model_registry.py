@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import models.architectures
 import models.registry
 from models import (
     ImageClassifier,
@@ -42,7 +43,9 @@ def _tiny_state_dict() -> dict[str, torch.Tensor]:
 @pytest.fixture(autouse=True)
 def _isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test registers into a copy of the registry, dropped after it."""
-    monkeypatch.setattr(models.registry, "_REGISTRY", dict(models.registry._REGISTRY))
+    isolated = dict(models.architectures._REGISTRY)  # the catalogue, also seen through registry
+    monkeypatch.setattr(models.architectures, "_REGISTRY", isolated)
+    monkeypatch.setattr(models.registry, "_REGISTRY", isolated)
 
 
 @pytest.fixture

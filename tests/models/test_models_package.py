@@ -62,3 +62,15 @@ def test_dog_and_cat_ranges() -> None:
         "Siamese cat",
         "Egyptian cat",
     ]
+
+
+def test_the_data_sets_import_without_torch() -> None:
+    """``buildflow produce --dataset fashion-mnist`` loads the data set, not the model layer."""
+    code = (
+        "import sys, models, models.datasets.fashion_mnist; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'onnxruntime'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout == "[]\n", result.stdout

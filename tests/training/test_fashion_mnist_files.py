@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from buildflow.datasets import FASHION_MNIST_CLASSES, fashion_mnist_png, load_fashion_mnist, read_idx
 from buildflow.errors import ConfigurationError
 from buildflow.producer import ProducerTarget, produce_items
 from infra.stack import Stack
+from models.datasets.fashion_mnist import (
+    FASHION_MNIST,
+    FASHION_MNIST_CLASSES,
+    fashion_mnist_png,
+    load_fashion_mnist,
+    read_idx,
+)
 from tests.training.helpers import needs_fashion_mnist
 
 
@@ -58,6 +64,18 @@ def test_the_png_messages_are_the_original_pixels_with_their_class_names() -> No
         list(fashion_mnist_png("test", 5, 5))
     with pytest.raises(ConfigurationError, match="outside 0..10000"):
         list(fashion_mnist_png("test", 0, 10_001))
+
+
+@needs_fashion_mnist
+def test_the_registered_data_set_is_the_files_splits_and_pngs() -> None:
+    import processors  # noqa: F401  (registers Fashion-MNIST on import)
+    from buildflow.datasets import parse_dataset_spec
+
+    assert parse_dataset_spec("fashion-mnist") == (FASHION_MNIST, "test")
+    for split, size in FASHION_MNIST.splits.items():
+        assert load_fashion_mnist(split)[0].shape == (size, 28, 28)  # type: ignore[arg-type]
+    assert list(FASHION_MNIST.read("train", 7, 9)) == list(fashion_mnist_png("train", 7, 9))
+    assert FASHION_MNIST.label_names == FASHION_MNIST_CLASSES
 
 
 class _Collect(ProducerTarget):

@@ -78,7 +78,7 @@ def test_pixel_payloads_on_pubsub_stream_at_offline_accuracy_and_bad_arrays_are_
     }
     _cli(tmp_path, env, "plan", "pixels_app:app", "--yes")
     sent = _cli(
-        tmp_path, env, "produce", "--fashion-mnist", "--start", "0", "--end", str(IMAGES),
+        tmp_path, env, "produce", "--dataset", "fashion-mnist", "--start", "0", "--end", str(IMAGES),
         "--pubsub", f"projects/{PROJECT}/topics/{topic}", "--format", "pixels",
     )  # fmt: skip
     assert f"sent {IMAGES} images" in sent

@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from buildflow.datasets import fashion_mnist_png
 from buildflow.io import KafkaMessageEvent, KafkaTopic
 from buildflow.testing import BytesReader, run_processor
 from infra.stack import Stack
 from models import ImageClassifier, ModelError, decode_image, load_model
+from models.datasets.fashion_mnist import fashion_mnist_png
+from models.event_labels import true_label
 from models.registry import load_checkpoint
 from models.training.evaluate import evaluate
 from models.training.train import TrainResult
 from processors import FashionMNISTProcessor
-from processors.checkpoint_classification import true_label
 from tests.training.helpers import REPO, needs_fashion_mnist
 
 

@@ -1,5 +1,5 @@
 """The Fashion-MNIST streaming flow end to end, with the real CLI and the local stack's Kafka
-broker: ``buildflow produce --fashion-mnist`` publishes 300 test images with their true
+broker: ``buildflow produce --dataset fashion-mnist`` publishes 300 test images with their true
 class, the checkpoint processor classifies them, and the accuracy queried from the table
 equals the offline evaluation of the same checkpoint on the same images, exactly."""
 
@@ -85,7 +85,8 @@ def test_streamed_accuracy_equals_offline_evaluation(
         tmp_path,
         env,
         "produce",
-        "--fashion-mnist",
+        "--dataset",
+        "fashion-mnist",
         "--start",
         "0",
         "--end",

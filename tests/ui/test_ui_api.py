@@ -55,7 +55,9 @@ def test_config_lists_the_processor_and_limits(toy: UiRun) -> None:
     config = httpx.get(toy.url + "api/config").json()
     (proc,) = config["processors"]
     assert proc["name"] == "shapes" and proc["delivery"] == "upload" and proc["rows_queryable"]
-    assert proc["test_set"] is None
+    assert proc["dataset"] is None  # the app's processor names none; the page offers all registered
+    toy_shapes = next(d for d in config["datasets"] if d["name"] == "toy-shapes")
+    assert toy_shapes["splits"] == {"test": 6, "train": 9} and toy_shapes["max_per_request"] == 5
     assert config["max_upload_bytes"] == 20 * 1024 * 1024
     assert "image/jpeg" in config["accept"] and "image/png" in config["accept"]
 
@@ -322,26 +324,39 @@ def test_off_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
     assert short.returncode == 1 and "at least 16" in short.stderr
 
 
-def test_fashion_mnist_form_publishes_a_test_set_range(tmp_path: Path, ui_runs: Callable[..., UiRun]) -> None:
-    from buildflow.datasets import fashion_mnist_dir
+def test_the_data_set_form_publishes_a_registered_data_set_range(
+    tmp_path: Path, ui_runs: Callable[..., UiRun]
+) -> None:
+    run = ui_runs("tests.ui.toy_app:labelled_app", tmp_path / "state")
+    config = httpx.get(run.url + "api/config").json()
+    (proc,) = config["processors"]
+    assert proc["name"] == "labelled" and proc["dataset"] == "toy-shapes"
+    assert "toy-shapes" in [d["name"] for d in config["datasets"]]
+    page = httpx.get(run.url).text
+    assert 'id="test-set-name"' in page
+    url = run.url + "api/datasets/toy-shapes"
+    for bad, status, says in (
+        ({"start": 5, "end": 2}, 422, "give 0 <= start < end <= 6"),
+        ({"start": 0, "end": 7}, 422, "give 0 <= start < end <= 6"),
+        ({"split": "train", "start": 0, "end": 9}, 422, "at most 5 images"),
+        ({"split": "val", "start": 0, "end": 1}, 422, "no split 'val'"),
+        ({"start": "x", "end": 1}, 422, "send JSON"),
+    ):
+        r = httpx.post(url, json=bad)
+        assert r.status_code == status and says in r.json()["detail"], (bad, r.text)
+    unknown = httpx.post(run.url + "api/datasets/nope", json={"start": 0, "end": 1})
+    assert unknown.status_code == 404 and "toy-shapes" in unknown.json()["detail"]
 
-    try:
-        fashion_mnist_dir()
-    except Exception as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
-    run = ui_runs("tests.ui.toy_app:fashion_app", tmp_path / "state")
-    (proc,) = httpx.get(run.url + "api/config").json()["processors"]
-    assert proc["name"] == "fashion_mnist" and proc["test_set"]["name"] == "fashion-mnist"
-    bad = httpx.post(run.url + "api/test-sets/fashion-mnist", json={"start": 5, "end": 2})
-    assert bad.status_code == 422
-    r = httpx.post(run.url + "api/test-sets/fashion-mnist", json={"start": 0, "end": 4}, timeout=30)
-    assert r.status_code == 201 and r.json()["sent"] == 4, r.text
+    r = httpx.post(url, json={"start": 1, "end": 4}, timeout=30)  # split: the first, test
+    assert r.status_code == 201, r.text
+    assert r.json()["sent"] == 3 and r.json()["split"] == "test"
 
     def rows() -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = httpx.get(run.url + "api/rows").json()["rows"]
-        return got if len(got) == 4 else []
+        return got if len(got) == 3 else []
 
-    got = wait_for("4 Fashion-MNIST rows", rows)
-    assert sorted(c["name"] for c in got) == [f"fashion-mnist/test/{i:05d}.png" for i in range(4)]
-    assert all(c["labels"][1]["label"] == "28x28" for c in got)
-    assert httpx.get(run.url + "api/thumbnails/fashion-mnist/test/00000.png").status_code == 200
+    got = sorted(wait_for("3 toy-shapes rows", rows), key=lambda c: c["name"])
+    assert [c["name"] for c in got] == [f"toy-shapes/test/{i:05d}.png" for i in (1, 2, 3)]
+    assert [c["labels"][1]["label"] for c in got] == [f"{10 + i}x10" for i in (1, 2, 3)]
+    thumb = httpx.get(run.url + "api/thumbnails/toy-shapes/test/00001.png")
+    assert thumb.status_code == 200

@@ -1,5 +1,5 @@
 """Pure pieces of the UI: content sniffing, safe names, settings, the metrics state, row
-cards, table references and the test-set extension point. No server, no network."""
+cards, table references and a processor's preferred data set. No server, no network."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from buildflow import GCSFileEvent, Node, Processor
 from buildflow.environment import Environment
 from buildflow.errors import ConfigurationError
-from buildflow.io import BigQueryTable, GCSFileStream, PostgresTable
+from buildflow.io import BigQueryTable, PostgresTable
 from buildflow.runtime.base import ProcessorStats
 from buildflow.schema import schema_from_dataclass
 from buildflow.ui import UiConfig, UiState
+from buildflow.ui.app import preferred_dataset
 from buildflow.ui.state import percentile
 from buildflow.ui.tables import RowView, dead_letters_sql, jsonable, latest_rows_sql, table_ref
-from buildflow.ui.testsets import find_test_set
 from buildflow.ui.thumbnails import make_thumbnail
 from buildflow.ui.uploads import safe_object_name, sniff_image
-from tests.ui.toy_app import ShapeRow, fashion_app
+from tests.ui.toy_app import ShapeRow, labelled_app
 from tests.ui.toy_app import app as toy_app
 
 
@@ -222,30 +221,12 @@ def test_table_refs_and_queries_in_each_sinks_dialect(tmp_path: Path) -> None:
     assert bq is not None and bq.sql_name == "`my-project.ds.t`" and bq.order_by == "processed_at"
 
 
-def test_test_set_extension_point(tmp_path: Path) -> None:
+def test_a_processor_names_its_preferred_data_set(tmp_path: Path) -> None:
     env = Environment(name="local", state_dir=tmp_path)
     (toy,) = toy_app.bind(env)
-    assert find_test_set(toy) is None
-    (fashion,) = fashion_app.bind(env)
-    ts = find_test_set(fashion)  # by its name, fashion_mnist
-    assert ts is not None and ts.name == "fashion-mnist" and ts.size == 10_000
-
-    class OptedIn(Processor):
-        ui_test_set = "fashion-mnist"
-
-        def source(self) -> GCSFileStream:
-            return GCSFileStream(bucket_name="ui-x")
-
-        def sink(self) -> BigQueryTable:
-            return BigQueryTable(table_id="d.t")
-
-        def process(self, event: GCSFileEvent) -> ShapeRow:
-            raise NotImplementedError
-
-    node = Node(name="x")
-    node.add(OptedIn())
-    (b,) = node.bind(env)
-    assert find_test_set(b) is ts
+    assert preferred_dataset(toy) is None
+    (labelled,) = labelled_app.bind(env)
+    assert preferred_dataset(labelled) == "toy-shapes"
 
 
 def test_thumbnails_of_good_and_bad_images() -> None:

@@ -2,6 +2,10 @@
 arrive in milliseconds, through the real runtime, local bucket and DuckDB sink.
 
 An image Pillow cannot fully decode (a truncated JPEG) raises, and is dead-lettered.
+
+:data:`TOY_SHAPES` is a data set registered on import (the app-side registration of
+:mod:`buildflow.datasets`), so the page of these apps offers it; tests also declare it as an
+entry point (``tests.ui.toy_app:TOY_SHAPES``).
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import io
+from collections.abc import Iterator
 
 from PIL import Image
 
-from buildflow import Node
+from buildflow import Node, Processor
+from buildflow.datasets import Dataset, Example, register
 from buildflow.events import FileEvent
 from buildflow.io import BigQueryTable, GCSFileStream
 
@@ -36,6 +42,32 @@ class ShapeRow:
     processed_at: datetime.datetime
 
 
+def toy_shape_png(split: str, index: int) -> bytes:
+    """Example ``index`` of ``split``: a PNG ``(10 + index) x 10`` pixels (``train``: ``10 x
+    (10 + index)``)."""
+    size = (10 + index, 10) if split == "test" else (10, 10 + index)
+    buf = io.BytesIO()
+    Image.new("RGB", size, "teal").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _toy_examples(split: str, start: int, end: int) -> Iterator[Example]:
+    for i in range(start, end):
+        label = "square" if i == 0 else "landscape" if split == "test" else "portrait"
+        yield Example(f"toy-shapes/{split}/{i:05d}.png", toy_shape_png(split, i), label)
+
+
+TOY_SHAPES = register(
+    Dataset(
+        name="toy-shapes",
+        title="Toy shapes (teal rectangles)",
+        splits={"test": 6, "train": 9},
+        examples=_toy_examples,
+        label_names=("square", "landscape", "portrait"),
+        max_per_request=5,
+    )
+)
+
 app = Node(name="ui-toy")
 
 
@@ -57,11 +89,22 @@ def shapes(event: FileEvent) -> ShapeRow:
     )
 
 
-# The same function as a processor named ``fashion_mnist``: the UI offers its Fashion-MNIST
-# test-set form (buildflow.ui.testsets.BY_PROCESSOR_NAME).
-fashion_app = Node(name="ui-toy-fashion")
-fashion_app.processor(
-    source=GCSFileStream(bucket_name="ui-toy-fashion"),
-    sink=BigQueryTable(table_id="buildflow-local.ui_toy.fashion"),
-    name="fashion_mnist",
-)(shapes)
+class LabelledShapes(Processor):
+    """The same function as a processor that names its preferred data set (the page's form
+    preselects it)."""
+
+    name = "labelled"
+    dataset = "toy-shapes"
+
+    def source(self) -> GCSFileStream:
+        return GCSFileStream(bucket_name="ui-toy-labelled")
+
+    def sink(self) -> BigQueryTable:
+        return BigQueryTable(table_id="buildflow-local.ui_toy.labelled")
+
+    def process(self, event: FileEvent) -> ShapeRow:
+        return shapes(event)
+
+
+labelled_app = Node(name="ui-toy-labelled")
+labelled_app.add(LabelledShapes())

@@ -100,25 +100,41 @@
     zone.addEventListener("drop", (e) => uploadAll(e.dataTransfer.files));
   }
 
-  // -- test sets (Fashion-MNIST) -------------------------------------------------
+  // -- registered data sets (buildflow.datasets) ------------------------------------
   function wireTestSet(p) {
     const form = $("test-set");
-    const ts = p && p.test_set;
-    form.hidden = !ts;
-    if (!ts) return;
-    $("test-set-title").textContent = "Publish " + ts.title;
-    $("test-set-end").max = ts.size;
-    $("test-set-start").max = ts.size - 1;
+    const sets = (config && config.datasets) || [];
+    form.hidden = !p || sets.length === 0;
+    if (form.hidden) return;
+    const choice = $("test-set-name");
+    choice.replaceChildren();
+    for (const d of sets) {
+      for (const [split, size] of Object.entries(d.splits)) {
+        const o = new Option(`${d.title}: ${split} (${size.toLocaleString()})`, `${d.name}:${split}`);
+        o.dataset.size = String(size);
+        choice.append(o);
+      }
+    }
+    const preferred = sets.find((d) => d.name === p.dataset) || sets[0];
+    choice.value = `${preferred.name}:${Object.keys(preferred.splits)[0]}`;
+    const limits = () => {
+      const size = Number(choice.selectedOptions[0].dataset.size);
+      $("test-set-end").max = size;
+      $("test-set-start").max = size - 1;
+    };
+    choice.onchange = limits;
+    limits();
     form.onsubmit = async (e) => {
       e.preventDefault();
+      const [name, split] = choice.value.split(":");
       const start = Number($("test-set-start").value);
       const end = Number($("test-set-end").value);
       const out = $("test-set-result");
       out.textContent = "publishing…";
-      const r = await fetch("api/test-sets/" + encodeURIComponent(ts.name), {
+      const r = await fetch("api/datasets/" + encodeURIComponent(name), {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ processor: p.name, start, end }),
+        body: JSON.stringify({ processor: p.name, split, start, end }),
         credentials: "same-origin",
       });
       const body = await r.json().catch(() => ({}));
