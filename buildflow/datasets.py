@@ -136,8 +136,10 @@ _entry_points_loaded = False
 
 def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
     """Make ``dataset`` available under its name; returns it (usable as a module-level
-    statement: ``FLOWERS = register(Dataset(...))``). Registering the same object again is
-    a no-op.
+    statement: ``FLOWERS = register(Dataset(...))``). Registering the same declaration
+    again is a no-op: the same object, or an equal one whose ``examples`` reader has the same
+    name and code (the module that declares it executed twice, e.g. loaded as ``main`` and
+    as a copy under another name).
 
     Raises:
         ConfigurationError: Another data set is registered under that name and ``replace``
@@ -145,7 +147,7 @@ def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
     """
     with _lock:
         old = _registered.get(dataset.name)
-        if old is not None and old is not dataset and old != dataset and not replace:
+        if old is not None and not _same_declaration(old, dataset) and not replace:
             raise ConfigurationError(
                 f"a different data set is already registered as {dataset.name!r} ({old.title!r}); "
                 "choose another name, or pass replace=True"
@@ -153,6 +155,22 @@ def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
         _registered[dataset.name] = dataset
         _broken.pop(dataset.name, None)
     return dataset
+
+
+def _same_declaration(a: Dataset, b: Dataset) -> bool:
+    if a is b or a == b:
+        return True
+    fields = ("name", "title", "label_names", "content_type", "max_per_request")
+    if any(getattr(a, f) != getattr(b, f) for f in fields) or dict(a.splits) != dict(b.splits):
+        return False
+    code_a, code_b = getattr(a.examples, "__code__", None), getattr(b.examples, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and getattr(a.examples, "__qualname__", None) == getattr(b.examples, "__qualname__", None)
+        and code_a.co_code == code_b.co_code
+        and code_a.co_consts == code_b.co_consts
+    )
 
 
 def unregister(name: str) -> None:

@@ -10,6 +10,8 @@ child's ``PYTHONPATH``, the way an installed app declares it
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -69,6 +71,14 @@ def test_unknown_and_clashing_names_are_clear_errors(numbers: Dataset) -> None:
     with pytest.raises(ConfigurationError, match=r"a different data set is already registered as 'numbers'"):
         register(other)
     assert get_dataset("numbers") is NUMBERS
+    # the declaring module executed twice (loaded under two names): same fields, same reader code
+    namespace: dict = {}
+    exec(compile(inspect.getsource(_numbers), __file__, "exec"), globals() | namespace, namespace)
+    again = dataclasses.replace(NUMBERS, examples=namespace["_numbers"])
+    assert again.examples is not NUMBERS.examples and register(again) is again
+    # the same fields with another reader is a different data set
+    with pytest.raises(ConfigurationError, match=r"a different data set is already registered"):
+        register(dataclasses.replace(NUMBERS, examples=lambda split, start, end: iter(())))
     for bad in ("Numbers", "a b", ""):
         with pytest.raises(ConfigurationError, match="lower case letters, digits"):
             Dataset(name=bad, title="x", splits={"a": 1}, examples=_numbers)
