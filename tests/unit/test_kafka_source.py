@@ -295,6 +295,30 @@ def test_a_revoked_partition_forgets_its_offsets_and_nack_or_ack_after_it_is_har
     asyncio.run(scenario())
 
 
+def test_an_ack_that_arrives_after_a_revocation_never_moves_a_later_commit() -> None:
+    """A batch written after its partition was given up, acked before the partition comes
+    back: once this consumer re-reads from the group's commit, its commit must not jump past
+    records it has not processed (a crash then would skip them)."""
+
+    async def scenario() -> None:
+        src = KafkaSource(topic(), "grp", None)
+        await src.pull(0, 0.1)
+        con = Consumer.made[0]
+        src._assign(con, [tp(0)])
+        con.queued = [Msg(0, o) for o in range(3, 12)]
+        stale = await src.pull(10, 0.5)
+        src._revoked(con, [tp(0)])
+        await src.ack(stale[-1:])  # offset 11, written by the old batch after the revocation
+        src._assign(con, [tp(0)])  # back, from the group's commit: 3
+        con.queued = [Msg(0, 3), Msg(0, 4)]
+        again = await src.pull(5, 0.5)
+        await src.ack(again)
+        assert con.commits == [[(TOPIC, 0, 5)]]  # not 12: 5..11 are not processed in this epoch
+        await src.close()
+
+    asyncio.run(scenario())
+
+
 def test_close_without_a_pull_opens_no_consumer() -> None:
     async def scenario() -> None:
         src = KafkaSource(topic(), "grp", None)

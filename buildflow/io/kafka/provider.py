@@ -304,7 +304,13 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         touched: set[tuple[str, int]] = set()
         for e in envelopes:
             t, p, o = e.ack_id
-            self._inflight.get((t, p), set()).discard(o)
+            pending = self._inflight.get((t, p))
+            if pending is None or o not in pending:
+                # pulled before its partition was revoked: what it acknowledges is not this
+                # consumer's to commit (after a re-assignment the commit would jump past
+                # records re-read from the group's offset and not processed yet)
+                continue
+            pending.discard(o)
             self._acked_max[(t, p)] = max(o, self._acked_max.get((t, p), -1))
             touched.add((t, p))
         offsets = self._commit_offsets(touched)
