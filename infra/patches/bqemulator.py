@@ -1,7 +1,8 @@
-"""Fixes to bqemulator 1.4.0's Storage Write API server (``grpc_api/write_servicer.py``).
+"""Fixes to bqemulator 1.4.0's Storage Write API server (``grpc_api/write_servicer.py``, and
+``storage/engine.py`` for the third).
 
-Both keep the emulator from failing requests that real BigQuery accepts; neither changes
-what it does with requests it already served.
+Each keeps the emulator from failing (or hanging on) requests that real BigQuery serves;
+none changes what it does with requests it already served.
 
 1. **RECORD columns.** ``_table_arrow_schema`` builds the table's Arrow schema from each
    column's name, type and mode only, so a ``RECORD`` column becomes an empty ``struct<>``
@@ -15,6 +16,16 @@ what it does with requests it already served.
    the official Python helper (``google.cloud.bigquery_storage_v1.writer.AppendRowsStream``)
    sends it in the first request only. The server rebinds the connection to the empty name instead and answers
    ``NOT_FOUND: Stream not found``. The patched server keeps the stream it is bound to.
+3. **A query while rows are appended hangs the server.** The REST API runs queries on the
+   event loop's thread and the gRPC write servicer appends on its own thread pool, both
+   through the engine's one ``DuckDBPyConnection``; DuckDB's Python API does not support one
+   connection used by several threads at once ("DuckDBPyConnection is not thread-safe. If
+   you want to use the same database from multiple threads, create a cursor for each
+   thread", duckdb.org/docs/stable/guides/python/multiple_threads). Seen here: the main
+   thread in ``execute`` and a write thread in ``unregister`` both waiting, forever, and the
+   whole server with them. The patched append runs on a cursor of its own thread
+   (``DuckDBEngine.dedicated_cursor``: same database, its own connection, ``TimeZone``
+   set as the engine sets it); everything else is as before.
 
 :func:`apply` is idempotent and refuses any other bqemulator version (the hunks would not
 match): upgrading the pin means checking these fixes against the new release.
@@ -51,6 +62,7 @@ class Hunk:
 
 
 _SERVICER: Final = "bqemulator/grpc_api/write_servicer.py"
+_ENGINE: Final = "bqemulator/storage/engine.py"
 
 HUNKS: Final = (
     Hunk(
@@ -74,6 +86,59 @@ HUNKS: Final = (
         new=f"""        {_MARK} 2: write_stream is only required in a connection's first request
         if bound_ctx is not None and (not stream_name or bound_ctx[0].name == stream_name):
             return bound_ctx
+""",
+    ),
+    Hunk(
+        _ENGINE,
+        old="""        if self._connection is None:
+            raise InternalError("DuckDBEngine not started")
+        return self._connection
+""",
+        new=f"""        if self._connection is None:
+            raise InternalError("DuckDBEngine not started")
+        {_MARK} 3: inside dedicated_cursor() a thread uses a connection of its own
+        own = getattr(_BUILDFLOW_THREAD, "active", None)
+        return own if own is not None else self._connection
+
+    @contextlib.contextmanager
+    def dedicated_cursor(self):
+        \"\"\"{_MARK} 3: this thread's engine calls go to a cursor of its own in the block.\"\"\"
+        if self._connection is None:
+            raise InternalError("DuckDBEngine not started")
+        cursors = _BUILDFLOW_THREAD.__dict__.setdefault("cursors", {{}})
+        own = cursors.get(id(self._connection))
+        if own is None:
+            own = self._connection.cursor()
+            own.execute("SET TimeZone = 'UTC'")
+            cursors[id(self._connection)] = own
+        before = getattr(_BUILDFLOW_THREAD, "active", None)
+        _BUILDFLOW_THREAD.active = own
+        try:
+            yield own
+        finally:
+            _BUILDFLOW_THREAD.active = before
+""",
+    ),
+    Hunk(
+        _ENGINE,
+        old="""_log = get_logger(__name__)
+""",
+        new=f"""_log = get_logger(__name__)  {_MARK} 3: and the three lines below
+
+import contextlib  # {_MARK} 3
+import threading  # {_MARK} 3
+
+_BUILDFLOW_THREAD = threading.local()  # {_MARK} 3: per-thread cursors of dedicated_cursor()
+""",
+    ),
+    Hunk(
+        _SERVICER,
+        old="""        with self._write_lock:
+            self._ctx.engine.connection.register(reg_name, rows)
+""",
+        new=f"""        {_MARK} 3: the append on this thread's own cursor, never the event loop's connection
+        with self._write_lock, self._ctx.engine.dedicated_cursor():
+            self._ctx.engine.connection.register(reg_name, rows)
 """,
     ),
 )

@@ -113,6 +113,37 @@ def test_a_value_that_cannot_be_encoded_is_rejected_alone(env: Environment, data
     ]
 
 
+def test_queries_while_rows_are_appended_neither_hang_nor_miss_rows(env: Environment, dataset: str) -> None:
+    """Users query the table while a run appends to it. bqemulator 1.4.0 ran both on one
+    DuckDB connection from two threads and hung within a few appends (patch 3 in
+    ``infra/patches/bqemulator.py``): 40 appends of 3 rows each, queries of the table and of
+    its view back to back meanwhile; every append answered, every query too, and the
+    view ends with all 120 rows."""
+    table_id = f"{PROJECT}.{dataset}.rows"
+    p = planned(env, table_id)
+    appends = 40
+
+    def writer() -> None:
+        sink = p.open(SCHEMA)
+        try:
+            for n in range(appends):
+                assert asyncio.run(sink.write(records(sample_rows(), prefix=f"w{n}-"))) is None
+        finally:
+            asyncio.run(sink.close())
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        written = pool.submit(writer)
+        queries = 0
+        while not written.done() or queries < 2:
+            query(f"SELECT count(*) AS n FROM `{table_id}`")
+            query(f"SELECT count(*) AS n FROM `{table_id}_dedup`")
+            queries += 1
+        written.result()
+    assert queries >= 2
+    [count] = query(f"SELECT count(*) AS n FROM `{table_id}_dedup`")
+    assert count["n"] == appends * len(sample_rows())
+
+
 # --- a BigQueryWrite server of our own: row_errors and request shapes --------------------
 
 

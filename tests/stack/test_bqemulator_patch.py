@@ -23,21 +23,31 @@ from infra.patches import bqemulator as patch
 from infra.stack import Stack, StackError
 
 SERVICER = "bqemulator/grpc_api/write_servicer.py"
+PATCHED = sorted({h.path for h in patch.HUNKS})
 
 
-def pristine_servicer() -> str:
-    """The release's own write_servicer.py: the installed file with the hunks undone."""
-    text = (stack_mod._bq_site_packages() / SERVICER).read_text()
-    for hunk in patch.HUNKS:
+def pristine(path: str = SERVICER) -> str:
+    """The release's own file at ``path``: the installed file with its hunks undone."""
+    text = (stack_mod._bq_site_packages() / path).read_text()
+    hunks = [h for h in patch.HUNKS if h.path == path]
+    for hunk in reversed(hunks):
         text = text.replace(hunk.new, hunk.old)
-    assert all(h.old in text for h in patch.HUNKS)
+    assert all(h.old in text for h in hunks)
     return text
 
 
+def pristine_servicer() -> str:
+    return pristine(SERVICER)
+
+
 def fake_site(tmp: Path, version: str = patch.VERSION, text: str | None = None) -> Path:
+    """A site-packages holding the release's patched files (``text``: the servicer's)."""
     site = tmp / "lib" / "python3.11" / "site-packages"
-    (site / "bqemulator" / "grpc_api").mkdir(parents=True)
-    (site / SERVICER).write_text(pristine_servicer() if text is None else text)
+    for path in PATCHED:
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(pristine(path))
+    if text is not None:
+        (site / SERVICER).write_text(text)
     dist = site / f"bqemulator-{version}.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: bqemulator\nVersion: {version}\n")
@@ -49,9 +59,10 @@ def test_patch_applies_once_and_only_to_its_release(tmp_path: Path) -> None:
     assert not patch.is_applied(site)
     assert len(patch.apply(site)) == len(patch.HUNKS)
     assert patch.is_applied(site)
-    text = (site / SERVICER).read_text()
-    assert patch.apply(site) == [] and (site / SERVICER).read_text() == text  # idempotent
-    compile(text, SERVICER, "exec")  # still Python
+    texts = {path: (site / path).read_text() for path in PATCHED}
+    assert patch.apply(site) == [] and {p: (site / p).read_text() for p in PATCHED} == texts  # idempotent
+    for path, text in texts.items():
+        compile(text, path, "exec")  # still Python
 
     other = fake_site(tmp_path / "other", version="1.5.0")
     with pytest.raises(patch.PatchError, match=r"bqemulator==1\.4\.0.*has 1\.5\.0"):
