@@ -247,13 +247,26 @@ def _run_of(session: Session) -> Callable[[np.ndarray], np.ndarray]:
     return session.run if isinstance(session, OpenVinoSession) else session.run_array
 
 
+def openvino_verdict_path(onnx_path: Path, ov: object) -> Path:
+    """Where the OpenVINO-vs-torch verdict of ``onnx_path`` is stored for the installed
+    openvino module ``ov``: ``<stem>.openvino-<version>.agreement.json`` beside it."""
+    version = str(getattr(ov, "__version__", "unknown")).split("-")[0]
+    return onnx_path.with_name(f"{onnx_path.stem}.openvino-{version}.agreement.json")
+
+
+def onnx_verdict_path(onnx_path: Path) -> Path:
+    """Where the ONNX Runtime-vs-torch verdict of ``onnx_path`` is stored:
+    ``<stem>.agreement.json`` beside it (written by :mod:`models.onnx_backend`)."""
+    return onnx_path.with_name(f"{onnx_path.stem}.agreement.json")
+
+
 def _openvino_agreement(
     module: torch.nn.Module, session: OpenVinoSession, preprocessing: Preprocessing, ov: object
 ) -> Agreement | None:
     """The OpenVINO-vs-torch check on the packaged photos, stored beside the file as
     ``<stem>.openvino-<version>.agreement.json`` (today's rule of the ONNX Runtime check)."""
+    verdict = openvino_verdict_path(session.path, ov)
     version = str(getattr(ov, "__version__", "unknown")).split("-")[0]
-    verdict = session.path.with_name(f"{session.path.stem}.openvino-{version}.agreement.json")
     stored = onnx_backend._read_agreement(verdict)
     if stored is not None:
         return stored
