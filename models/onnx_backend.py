@@ -421,34 +421,47 @@ def default_threads() -> int:
     """The threads torch uses for one operator, without importing torch.
 
     ``torch.get_num_threads()`` when torch is already imported (so a process that called
-    ``torch.set_num_threads`` keeps its choice); otherwise torch's own default computed
-    the same way: ``$OMP_NUM_THREADS``, else ``$MKL_NUM_THREADS`` (a positive integer),
-    else the physical cores of the machine (distinct ``physical id``/``core id`` pairs
-    of ``/proc/cpuinfo``; ``os.cpu_count()`` where that file has none). Always >= 1.
+    ``torch.set_num_threads`` keeps its choice); otherwise torch's own default, computed
+    as torch 2.14 does on Linux (measured: ``OMP_NUM_THREADS=3`` on 2 cores gives 2,
+    ``taskset -c 0`` gives 1): ``$OMP_NUM_THREADS`` (else ``$MKL_NUM_THREADS``), a
+    positive integer, capped at the machine's physical cores; when neither is set, the
+    physical cores among the CPUs this process may run on (``os.sched_getaffinity``).
+    Physical cores are distinct ``physical id``/``core id`` pairs of ``/proc/cpuinfo``
+    (the CPU count where that file has none). Always >= 1.
     """
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "get_num_threads"):
         return int(torch.get_num_threads())
+    cores = _physical_cores()
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         with contextlib.suppress(ValueError):
             value = int(os.environ.get(variable, ""))
             if value > 0:
-                return value
-    return _physical_cores()
+                return min(value, len(set(cores.values())) or value)
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = set(cores)
+    return len({cores[cpu] for cpu in allowed if cpu in cores}) or len(allowed) or os.cpu_count() or 1
 
 
-def _physical_cores() -> int:
-    cores: set[tuple[str, str]] = set()
+def _physical_cores() -> dict[int, tuple[str, str]]:
+    """Logical CPU number -> its ``(physical id, core id)`` from ``/proc/cpuinfo``
+    (empty where the file has no such fields)."""
+    cores: dict[int, tuple[str, str]] = {}
+    processor: int | None = None
     physical = ""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "physical id":
+            if key == "processor":
+                processor, physical = int(value), ""
+            elif key == "physical id":
                 physical = value.strip()
-            elif key == "core id":
-                cores.add((physical, value.strip()))
-    return len(cores) or os.cpu_count() or 1
+            elif key == "core id" and processor is not None:
+                cores[processor] = (physical, value.strip())
+    return cores
 
 
 def _cached_session(

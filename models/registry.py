@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import numpy as np
 from PIL import Image
 
-from . import openvino_backend, serving_cache
+from . import onnx_backend, openvino_backend, serving_cache
 from .architectures import (  # the catalogue, below both serving and training
     _REGISTRY,
     _REGISTRY_LOCK,
@@ -359,6 +359,15 @@ def load_model(
     random-weight models otherwise produce denormal (subnormal) floats, which x86 CPUs
     compute many times slower (see ``torch.set_flush_denormal``'s documentation).
 
+    Served from the export cache without torch: a built-in model asked for with
+    ``backend="auto"``, ``precision="fp32"`` and ``device="cpu"`` (the defaults) whose
+    serving manifest is present and valid (:mod:`models.serving_cache`: same weights
+    bytes, labels, preprocessing, package versions and CPU; its verdicts still passing)
+    skips every step above: the ONNX Runtime or OpenVINO session is opened on the cached
+    file and the classifier's ``module`` is None; neither torch nor torchvision is
+    imported. Otherwise the steps run (importing torch) and, when they choose ONNX
+    Runtime or OpenVINO, write the manifest for the next load.
+
     Args:
         name: One of :func:`available_models`, or ``"checkpoint:<uri>"`` for a checkpoint
             written by ``python -m models.training`` (see :func:`load_checkpoint`; it
@@ -531,12 +540,20 @@ def _write_manifest(classifier: ImageClassifier, key: str) -> None:
     session = classifier.onnx_session
     assert session is not None
     verdicts = [onnx_verdict_path(session.path)]
-    if classifier.backend == "openvino":
-        ov = openvino_backend.import_openvino()
-        if ov is None:
-            return
-        verdicts.append(openvino_verdict_path(session.path, ov))
-    serving_cache.write_manifest(classifier.name, key, session, verdicts=verdicts)
+    depends = list(verdicts)
+    speed_runs: list[str] | None = None
+    ov = openvino_backend.import_openvino()
+    if ov is not None:  # "auto" considered OpenVINO too
+        ov_verdict = openvino_verdict_path(session.path, ov)
+        depends.append(ov_verdict)
+        agreement = onnx_backend._read_agreement(ov_verdict)
+        if agreement is not None and agreement.passes():
+            speed_runs = ["onnxruntime", "openvino"]  # both agreed: the faster one was chosen
+        if classifier.backend == "openvino":
+            verdicts.append(ov_verdict)
+    serving_cache.write_manifest(
+        classifier.name, key, session, verdicts=verdicts, depends=depends, speed_runs=speed_runs
+    )
 
 
 def _check_backend(
@@ -558,6 +575,7 @@ def _with_backend(
 ) -> ImageClassifier:
     """``classifier`` on the backend and precision :func:`models.backend_selection.open_session`
     picks, its ``load_latency_ms`` measured from ``start``."""
+    assert classifier.module is not None  # built by the torch path
     session = open_session(
         classifier.name,
         classifier.module,

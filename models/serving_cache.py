@@ -30,14 +30,20 @@ choice depend on, so that it changes whenever the torch-side key or the choice w
   measurement that picked ONNX Runtime or OpenVINO is per CPU);
 * the device, backend and precision asked for.
 
-The manifest never serves a model whose check did not pass: it is written only after a
-load that chose ONNX Runtime or OpenVINO (so every verdict passed), it names the verdict
-files the choice rests on (``<stem>.agreement.json``, and
-``<stem>.openvino-<version>.agreement.json`` for OpenVINO), and every read re-reads them
-and requires each to pass today's rule (:meth:`models.onnx_backend.Agreement.passes`).
-A missing, unreadable or failing verdict, a missing or resized ONNX file, or a session
-that fails to open makes :func:`open_cached` return None: the torch path then runs
-(export and check as needed) and writes the manifest again if its choice allows.
+The manifest never serves a model whose check did not pass, and never a choice whose
+grounds changed. It is written only after a load that chose ONNX Runtime or OpenVINO (so
+every verdict it needs passed). It names the verdict files the choice rests on
+(``<stem>.agreement.json``, and ``<stem>.openvino-<version>.agreement.json`` for
+OpenVINO), and every read re-reads them and requires each to pass today's rule
+(:meth:`models.onnx_backend.Agreement.passes`, with today's
+:data:`~models.onnx_backend.AGREEMENT_MAX_ABS_DIFF`, which is also part of the key). It
+holds the SHA-256 of every verdict file that existed when it was written (OpenVINO's
+included when it lost): an edited or removed verdict invalidates it. When the choice
+came from a speed measurement, the measurement must still be in ``speed.json`` and still
+pick the same runtime (removing ``speed.json`` to measure again invalidates it). A
+missing, unreadable or failing verdict, a missing or resized ONNX file, or a session that
+fails to open makes :func:`open_cached` return None: the torch path then runs (export and
+check as needed) and writes the manifest again if its choice allows.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import onnx_backend, openvino_backend
+from . import backend_selection, onnx_backend, openvino_backend
 from .onnx_backend import Agreement, OnnxSession
 from .openvino_backend import OpenVinoSession
 from .preprocessing import Preprocessing
@@ -128,6 +134,7 @@ def manifest_key(
         "versions": {p: _version(p) for p in _VERSIONED_PACKAGES},
         "architectures_sha256": hashlib.sha256(architectures).hexdigest(),
         "cpu": openvino_backend.cpu_model_name(),
+        "tolerance": onnx_backend.AGREEMENT_MAX_ABS_DIFF,
         "device": device,
         "backend": backend,
         "precision": precision,
@@ -142,14 +149,33 @@ def manifest_path(name: str, key: str) -> Path:
 
 
 def write_manifest(
-    name: str, key: str, session: OnnxSession | OpenVinoSession, *, verdicts: list[Path]
+    name: str,
+    key: str,
+    session: OnnxSession | OpenVinoSession,
+    *,
+    verdicts: list[Path],
+    depends: list[Path],
+    speed_runs: list[str] | None,
 ) -> Path | None:
-    """Record that ``name`` under ``key`` is served by ``session`` (its backend and file),
-    resting on ``verdicts`` (the agreement files that must still pass at each read).
+    """Record that ``name`` under ``key`` is served by ``session`` (its backend and file).
 
-    Written only when every verdict file exists and passes; atomically (temporary file,
-    then rename). Returns the manifest's path, or None when it was not written.
+    Args:
+        name, key: The model and its :func:`manifest_key`.
+        session: The session the torch path chose.
+        verdicts: The agreement files that must still pass at each read.
+        depends: Files (verdicts) whose content must not change; missing ones are skipped.
+        speed_runs: The runs of the ``speed.json`` measurement the choice came from (e.g.
+            ``["onnxruntime", "openvino"]``), or None when it came from no measurement.
+
+    Written only when every verdict exists and passes and the measurement (if any) is
+    stored and picks ``session``'s runtime; atomically (temporary file, then rename).
+    Returns the manifest's path, or None when it was not written.
     """
+    backend = "openvino" if isinstance(session, OpenVinoSession) else "onnxruntime"
+    if speed_runs is not None:
+        speeds = backend_selection.read_speed(session.path, speed_runs)
+        if speeds is None or backend_selection.faster_runtime(speeds) != backend:
+            return None
     for verdict in verdicts:
         agreement = onnx_backend._read_agreement(verdict)
         if agreement is None or not agreement.passes():
@@ -160,12 +186,14 @@ def write_manifest(
         "format": _MANIFEST_FORMAT,
         "key": key,
         "model": name,
-        "backend": "openvino" if isinstance(session, OpenVinoSession) else "onnxruntime",
+        "backend": backend,
         "precision": getattr(session, "precision", "fp32"),
         "onnx_file": session.path.name,
         "onnx_size": session.path.stat().st_size,
         "input_shape": list(session.input_shape),
         "verdicts": [v.name for v in verdicts],
+        "depends": {d.name: _sha256(d) for d in depends if d.exists()},
+        "speed_runs": speed_runs,
         "written_at": time.time(),
     }
     with contextlib.suppress(OSError):
@@ -208,7 +236,12 @@ def open_cached(
             and tuple(record["input_shape"]) == input_shape
             and onnx_file.stat().st_size == record["onnx_size"]
             and bool(verdict_files)
+            and all(_sha256(path.parent / d) == h for d, h in dict(record["depends"]).items())
         )
+        speed_runs = record["speed_runs"]
+        if ok and speed_runs is not None:
+            speeds = backend_selection.read_speed(onnx_file, list(speed_runs))
+            ok = speeds is not None and backend_selection.faster_runtime(speeds) == backend
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not ok:
@@ -244,9 +277,9 @@ def open_cached(
             ov = openvino_backend.import_openvino()
             if ov is None:
                 return None
-            threads = intra_op_threads * (streams or 1) if intra_op_threads is not None else None
+            ov_threads = intra_op_threads * (streams or 1) if intra_op_threads is not None else None
             session = OpenVinoSession(
-                ov, onnx_file, input_shape=input_shape, requests=streams, threads=threads
+                ov, onnx_file, input_shape=input_shape, requests=streams, threads=ov_threads
             )
     except Exception as e:
         logger.warning("cached model %s cannot be opened (%r); loading %r with torch", onnx_file, e, name)
@@ -254,6 +287,10 @@ def open_cached(
     session.agreement = agreements[-1]  # the chosen runtime's own check is listed last
     logger.info("model %r on %s from the export cache (%s)", name, backend, agreements[-1].describe())
     return CachedSession(session, backend, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _version(package: str) -> str:
