@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "checkpoint:"
+_LAZY_MODULE_LOCK = threading.Lock()
 
 Device = Literal["cpu", "cuda"]
 Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
@@ -109,9 +111,11 @@ class ImageClassifier:
         name: Registry name the model was loaded as.
         module: The ``torch.nn.Module``, in eval mode, on ``device``; maps a float32
             ``(N, C, H, W)`` batch (``C = preprocessing.channels``: 3, or 1 for a
-            grayscale model) to logits ``(N, len(labels))``. None when the model was
-            served from the export cache without torch (:mod:`models.serving_cache`;
-            ``onnx_session`` is then set).
+            grayscale model) to logits ``(N, len(labels))``. When the classifier was
+            served from the export cache without torch (:mod:`models.serving_cache`), the
+            module is built on first access (importing torch; the same module
+            ``load_model(..., backend="torch")`` builds) and inference never needs it;
+            :attr:`module_loaded` says whether it exists yet.
         labels: Class names in output-index order.
         preprocessing: How images must be prepared for ``module``.
         device: ``"cpu"`` or ``"cuda"``.
@@ -129,7 +133,7 @@ class ImageClassifier:
     """
 
     name: str
-    module: torch.nn.Module | None = field(repr=False)
+    module: torch.nn.Module = field(repr=False)
     labels: tuple[str, ...] = field(repr=False)
     preprocessing: Preprocessing
     device: Device
@@ -137,6 +141,25 @@ class ImageClassifier:
     backend: ActiveBackend = "torch"
     onnx_session: Session | None = field(default=None, repr=False)
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
+
+    @property
+    def module_loaded(self) -> bool:
+        """Whether :attr:`module` exists (False only for a classifier served from the
+        export cache whose module was never asked for: torch is then not imported)."""
+        return "module" in self.__dict__
+
+    if not TYPE_CHECKING:  # hidden from type checkers: other attributes stay checked
+
+        def __getattr__(self, name: str) -> object:
+            # Reached only for attributes not set: the module of a classifier served from
+            # the export cache, built now from the build function kept for it.
+            build = self.__dict__.get("_build_module") if name == "module" else None
+            if build is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            with _LAZY_MODULE_LOCK:
+                if "module" not in self.__dict__:
+                    object.__setattr__(self, "module", build())
+            return self.__dict__["module"]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised
@@ -178,7 +201,6 @@ class ImageClassifier:
         if self.onnx_session is not None:
             logits = self.onnx_session.logits(batch)
         else:
-            assert self.module is not None  # set whenever there is no session
             with torch.inference_mode():
                 logits = self.module(batch.to(self.device))
         expected = (batch.shape[0], len(self.labels))
@@ -475,7 +497,7 @@ def load_model(
             )
         except OSError:
             manifest_key = None  # unreadable weights: the torch path says why
-    if manifest_key is not None:
+    if manifest_key is not None and path is not None:
         cached = serving_cache.open_cached(
             name,
             manifest_key,
@@ -484,18 +506,7 @@ def load_model(
             streams=streams,
         )
         if cached is not None:
-            load_latency_ms = (time.perf_counter() - start) * 1000.0
-            return ImageClassifier(
-                name,
-                None,
-                label_tuple,
-                pre,
-                device,
-                load_latency_ms,
-                backend=cached.backend,
-                onnx_session=cached.session,
-                precision="fp32",
-            )
+            return _served_from_cache(name, cached, label_tuple, pre, path, start)
 
     import torch
 
@@ -531,6 +542,37 @@ def load_model(
     )
     if manifest_key is not None and classifier.onnx_session is not None:
         _write_manifest(classifier, manifest_key)
+    return classifier
+
+
+def _served_from_cache(
+    name: str,
+    cached: serving_cache.CachedSession,
+    labels: tuple[str, ...],
+    preprocessing: Preprocessing,
+    weights_path: str,
+    start: float,
+) -> ImageClassifier:
+    """The :class:`ImageClassifier` over a session opened from the export cache: its
+    ``module`` is not built (no torch) until first asked for, then built as
+    ``load_model(name, weights_path=..., labels=..., backend="torch")`` builds it."""
+
+    def build() -> torch.nn.Module:
+        return load_model(name, weights_path=weights_path, labels=labels, backend="torch").module
+
+    classifier = ImageClassifier(
+        name,
+        None,  # type: ignore[arg-type]  # removed below: built on first access
+        labels,
+        preprocessing,
+        "cpu",
+        (time.perf_counter() - start) * 1000.0,
+        backend=cached.backend,
+        onnx_session=cached.session,
+        precision="fp32",
+    )
+    object.__delattr__(classifier, "module")
+    object.__setattr__(classifier, "_build_module", build)
     return classifier
 
 
@@ -575,7 +617,6 @@ def _with_backend(
 ) -> ImageClassifier:
     """``classifier`` on the backend and precision :func:`models.backend_selection.open_session`
     picks, its ``load_latency_ms`` measured from ``start``."""
-    assert classifier.module is not None  # built by the torch path
     session = open_session(
         classifier.name,
         classifier.module,

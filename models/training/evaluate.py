@@ -77,7 +77,6 @@ def evaluate(
         import torch
 
         images = chosen.subset(torch.arange(start, stop))
-    assert classifier.module is not None  # a checkpoint always loads its torch module
     p = predict(
         classifier.module,
         images,

@@ -44,7 +44,7 @@ print(json.dumps({
     "torch": "torch" in sys.modules,
     "torchvision": "torchvision" in sys.modules,
     "backend": model.backend,
-    "has_module": model.module is not None,
+    "has_module": model.module_loaded,
     "top1": {n: [r.predictions[0].index, r.predictions[0].confidence] for n, r in zip(photos, results)},
 }))
 """
@@ -175,7 +175,7 @@ def test_numpy_preprocessing_equals_the_torch_path_bit_for_bit(preprocessing: Pr
 
 def test_top_k_on_numpy_orders_like_torch_ties_by_index() -> None:
     labels = tuple(f"c{i}" for i in range(6))
-    model = ImageClassifier("ties", None, labels, Preprocessing(), "cpu", 0.0)
+    model = ImageClassifier("ties", torch.nn.Identity(), labels, Preprocessing(), "cpu", 0.0)
     probs = np.array([[0.1, 0.3, 0.1, 0.3, 0.2, 0.0], [0.0, 0.0, 0.5, 0.0, 0.5, 0.0]], np.float32)
     ours = model.top_k(probs, k=4)
     assert ours == model.top_k(torch.from_numpy(probs), k=4)  # torch.sort(stable=True) ranks
@@ -216,3 +216,18 @@ def test_default_threads_without_torch_equals_torch_get_num_threads(omp: str | N
     if omp == "1":
         assert ours == "1"
     assert default_threads() == torch.get_num_threads()  # torch imported here: its own count
+
+
+@pytest.mark.slow
+def test_the_module_of_a_cached_classifier_is_built_on_first_access(
+    warm_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDFLOW_CACHE_DIR", str(warm_cache))
+    cached = load_model("efficientnet_lite0")
+    assert cached.onnx_session is not None and not cached.module_loaded
+    module = cached.module
+    assert cached.module_loaded and cached.module is module and not module.training
+    reference = load_model("efficientnet_lite0", backend="torch").module.state_dict()
+    ours = module.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
