@@ -145,6 +145,35 @@ def test_a_failed_verdict_is_not_served(warm_cache: Path, tmp_path: Path) -> Non
     }
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("winner", ["openvino", "onnxruntime"])
+def test_a_changed_speed_choice_is_not_served_then_the_new_one_is(
+    warm_cache: Path, tmp_path: Path, winner: str
+) -> None:
+    pytest.importorskip("openvino")
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    [manifest] = (cache / "onnx").glob("*.serving.json")
+    before = json.loads(manifest.read_text())["backend"]
+    if json.loads(manifest.read_text())["speed_runs"] is None:
+        pytest.skip("OpenVINO did not agree with torch here: no speed choice to change")
+    speed = cache / "onnx" / "speed.json"
+    stored = json.loads(speed.read_text())
+    for entry in stored.values():  # as if measured again: `winner` is now the faster
+        entry.update({"onnxruntime": 1.0, "openvino": 1.0, winner: 2.0})
+    speed.write_text(json.dumps(stored))
+    first = _child(cache)
+    assert first["backend"] == winner
+    assert first["torch"] is (before != winner)  # a stale choice goes through torch
+    second = _child(cache)
+    assert second["backend"] == winner and second["torch"] is False and second["torchvision"] is False
+    reference = _reference_top1()
+    top1 = second["top1"]
+    assert isinstance(top1, dict) and {n: v[0] for n, v in top1.items()} == {
+        n: v[0] for n, v in reference.items()
+    }
+
+
 @pytest.mark.parametrize(
     "preprocessing",
     [
