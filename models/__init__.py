@@ -19,8 +19,12 @@ and is faster on this CPU; the model is exported once and cached), else on torch
 precision="fp32" | "bf16" | "int8" | "auto")``; ``classifier.backend`` and
 ``classifier.precision`` say which.
 
-Importing this package loads no model and downloads nothing, and imports torch only when one
-of the names below is first used (so :mod:`models.datasets` works without torch).
+Importing this package loads no model and downloads nothing, and imports neither torch nor
+numpy (so :mod:`models.datasets` works without them); the names below are imported on
+first use, and none of them imports torch until a model is built, exported, checked or
+trained. With the exported model and its verdicts cached, a default ``load_model`` /
+``BatchClassifier.load`` of a built-in model never imports torch or torchvision
+(:mod:`models.serving_cache`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Built-in entries (weights are never downloaded at run time):
 
 :func:`models.register_model` adds custom entries. This module sits below both
 :mod:`models.registry` (serving) and :mod:`models.training` (fine-tuning, the training
-config's preprocessing), so neither imports the other to share it.
+config's preprocessing), so neither imports the other to share it. Importing it does not
+import torch (building a model does), so serving from the export cache never loads torch.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ModelError
 from .preprocessing import IMAGENET_MEAN_STD, TF_MEAN_STD, Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Device", "available_models", "registered_preprocessing", "build_backbone"]
 
@@ -140,6 +142,8 @@ def _resolve_weights_path(
 
 def _load_state_dict(name: str, module: torch.nn.Module, path: str, device: Device) -> None:
     """Load the state_dict at ``path`` into ``module`` (strict); ModelError if it fails."""
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
@@ -170,8 +174,14 @@ def _load_state_dict(name: str, module: torch.nn.Module, path: str, device: Devi
 def _check_device(device: str) -> None:
     if device not in ("cpu", "cuda"):
         raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not _cuda_available():
         raise ModelError("device 'cuda' requested but torch.cuda.is_available() is False; use device='cpu'")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def registered_preprocessing(name: str) -> Preprocessing:
@@ -215,6 +225,8 @@ def build_backbone(
     if entry is None or not entry.imagenet:
         built_ins = sorted(n for n, e in _REGISTRY.items() if e.imagenet)
         raise ModelError(f"cannot fine-tune {name!r}: use a built-in architecture ({', '.join(built_ins)})")
+    import torch
+
     torch.set_flush_denormal(True)
     try:
         module = entry.build(1000)

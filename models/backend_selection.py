@@ -32,7 +32,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal, cast
@@ -160,7 +160,7 @@ def open_session(
             {"onnxruntime": onnx_session.run_array, "openvino": ov_session.run},
             preprocessing,
         )
-        fp32 = ov_session if speeds["openvino"] > speeds["onnxruntime"] else onnx_session
+        fp32 = ov_session if faster_runtime(speeds) == "openvino" else onnx_session
         logger.info(
             "model %r on %s (measured on this CPU: onnxruntime %.0f img/s, openvino %.0f img/s; %s)",
             name,
@@ -247,13 +247,26 @@ def _run_of(session: Session) -> Callable[[np.ndarray], np.ndarray]:
     return session.run if isinstance(session, OpenVinoSession) else session.run_array
 
 
+def openvino_verdict_path(onnx_path: Path, ov: object) -> Path:
+    """Where the OpenVINO-vs-torch verdict of ``onnx_path`` is stored for the installed
+    openvino module ``ov``: ``<stem>.openvino-<version>.agreement.json`` beside it."""
+    version = str(getattr(ov, "__version__", "unknown")).split("-")[0]
+    return onnx_path.with_name(f"{onnx_path.stem}.openvino-{version}.agreement.json")
+
+
+def onnx_verdict_path(onnx_path: Path) -> Path:
+    """Where the ONNX Runtime-vs-torch verdict of ``onnx_path`` is stored:
+    ``<stem>.agreement.json`` beside it (written by :mod:`models.onnx_backend`)."""
+    return onnx_path.with_name(f"{onnx_path.stem}.agreement.json")
+
+
 def _openvino_agreement(
     module: torch.nn.Module, session: OpenVinoSession, preprocessing: Preprocessing, ov: object
 ) -> Agreement | None:
     """The OpenVINO-vs-torch check on the packaged photos, stored beside the file as
     ``<stem>.openvino-<version>.agreement.json`` (today's rule of the ONNX Runtime check)."""
+    verdict = openvino_verdict_path(session.path, ov)
     version = str(getattr(ov, "__version__", "unknown")).split("-")[0]
-    verdict = session.path.with_name(f"{session.path.stem}.openvino-{version}.agreement.json")
     stored = onnx_backend._read_agreement(verdict)
     if stored is not None:
         return stored
@@ -304,13 +317,34 @@ def measure_speed(
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
+def faster_runtime(speeds: dict[str, float]) -> Literal["onnxruntime", "openvino"]:
+    """The runtime ``"auto"`` picks from measured img/s: OpenVINO when strictly faster."""
+    return "openvino" if speeds["openvino"] > speeds["onnxruntime"] else "onnxruntime"
+
+
+def speed_key(model_file: Path, runs: Iterable[str]) -> str:
+    """The key of a measurement in ``speed.json``: CPU model, model file name and the
+    sorted run names, ``|``-separated."""
+    return f"{openvino_backend.cpu_model_name()}|{model_file.name}|{','.join(sorted(runs))}"
+
+
+def read_speed(model_file: Path, runs: Iterable[str]) -> dict[str, float] | None:
+    """The stored :func:`cached_speed` of ``runs`` on ``model_file``, or None when none is
+    stored (or the file is unreadable)."""
+    names = list(runs)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        cached = json.loads((model_file.parent / "speed.json").read_text())[speed_key(model_file, names)]
+        return {k: float(cached[k]) for k in names}
+    return None
+
+
 def cached_speed(
     model_file: Path, runs: dict[str, Callable[[np.ndarray], np.ndarray]], preprocessing: Preprocessing
 ) -> dict[str, float]:
     """:func:`measure_speed` of ``runs`` once per CPU model, model file and set of runs;
     stored in ``speed.json`` in the model's folder and read back on later starts."""
     store = model_file.parent / "speed.json"
-    key = f"{openvino_backend.cpu_model_name()}|{model_file.name}|{','.join(sorted(runs))}"
+    key = speed_key(model_file, runs)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(store.read_text())[key]
         return {k: float(cached[k]) for k in runs}

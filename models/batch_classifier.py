@@ -23,6 +23,10 @@ Decoding is pluggable: pass ``decode=`` a function from the encoded bytes to the
 input (see :data:`Decode`); the default is :func:`models.decode_image` (Pillow) followed
 by the model's :class:`~models.Preprocessing`. The inference backend is the
 :class:`~models.ImageClassifier`'s (:func:`models.load_model`'s ``backend``).
+
+Images are decoded and preprocessed into NumPy arrays and run through the model's
+:meth:`~models.ImageClassifier.predict_proba_array`: with the model served from the export
+cache (:mod:`models.serving_cache`) this module never imports torch.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypedDict
 
-import torch
+import numpy as np
 
+from .onnx_backend import default_threads
 from .openvino_backend import Precision
 from .preprocessing import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_file_size, decode_image
 from .registry import Backend, Device, ImageClassifier, Prediction, load_model
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["BatchClassifier", "ClassifiedImage", "ClassifierOptions", "Decode", "EncodedImage", "HasBlob"]
 
@@ -57,9 +65,10 @@ class HasBlob(Protocol):
 EncodedImage: TypeAlias = bytes | bytearray | memoryview | HasBlob
 """What :meth:`BatchClassifier.classify` takes per image (see the module docstring)."""
 
-Decode: TypeAlias = Callable[[bytes], tuple[torch.Tensor, int, int]]
-"""Encoded bytes -> ``(model input, width, height)``: a float32 tensor
-``(C, crop_size, crop_size)`` as the model's :class:`~models.Preprocessing` makes it, and
+Decode: TypeAlias = Callable[[bytes], "tuple[np.ndarray | torch.Tensor, int, int]"]
+"""Encoded bytes -> ``(model input, width, height)``: a float32 NumPy array (or CPU torch
+tensor) ``(C, crop_size, crop_size)`` as the model's :class:`~models.Preprocessing` makes it
+(:meth:`~models.Preprocessing.array`), and
 the decoded image's size in pixels. Raises (any exception) for an image it cannot decode;
 the exception becomes that image's result. Called from the decode threads, several at once."""
 
@@ -90,7 +99,7 @@ class ClassifiedImage:
         return self.decode_ms + self.inference_ms
 
 
-_Decoded = tuple[torch.Tensor, int, int, float]  # model input, width, height, decode ms
+_Decoded = tuple[np.ndarray, int, int, float]  # model input, width, height, decode ms
 
 
 class ClassifierOptions(TypedDict, total=False):
@@ -124,9 +133,10 @@ class BatchClassifier:
         max_bytes: Largest encoded image, bytes; a larger one gets
             :class:`~models.ImageFileTooLargeError` (from its ``size`` before reading when
             it has one).
-        decode_threads: Threads of the decode pool (default: ``torch.get_num_threads()``,
-            the cores torch would use, which follows ``OMP_NUM_THREADS`` and so a Ray
-            replica's ``num_cpus``).
+        decode_threads: Threads of the decode pool (default:
+            :func:`models.onnx_backend.default_threads`, the cores torch would use, which
+            follows ``OMP_NUM_THREADS`` and so a Ray replica's ``num_cpus``; computed
+            without importing torch).
         decode_nice: Niceness added to each decode thread (Linux, where niceness is per
             thread; ignored elsewhere; 0: none). Inference gets the cores first and
             decoding fills the gaps, so decode threads do not stall the backend's parallel
@@ -161,7 +171,7 @@ class BatchClassifier:
         self.top_k = top_k
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
-        self.decode_threads = decode_threads or torch.get_num_threads()
+        self.decode_threads = decode_threads or default_threads()
         self.decode_nice = decode_nice
         self._decode_bytes: Decode = decode or self._pillow_decode
         self._pool: concurrent.futures.ThreadPoolExecutor | None = concurrent.futures.ThreadPoolExecutor(
@@ -225,7 +235,7 @@ class BatchClassifier:
             precision=precision,
         )
         side = model.preprocessing.crop_size
-        model.predict_proba(torch.zeros(1, model.preprocessing.channels, side, side, device=device))
+        model.predict_proba_array(np.zeros((1, model.preprocessing.channels, side, side), np.float32))
         return cls(
             model,
             top_k=top_k,
@@ -271,7 +281,7 @@ class BatchClassifier:
         inference_ms = 0.0
         if ok:
             t0 = time.perf_counter()
-            probs = self.model.predict_proba(torch.stack([d[0] for d in ok]))
+            probs = self.model.predict_proba_array(np.stack([d[0] for d in ok]))
             predictions = self.model.top_k(probs, self.top_k)
             inference_ms = (time.perf_counter() - t0) * 1000 / len(ok)
         it = iter(predictions)
@@ -318,9 +328,9 @@ class BatchClassifier:
             data = image.blob
         check_file_size(len(data), max_bytes=self.max_bytes)
         tensor, width, height = self._decode_bytes(data)
-        return tensor, width, height, (time.perf_counter() - t0) * 1000
+        return _as_array(tensor), width, height, (time.perf_counter() - t0) * 1000
 
-    def _pillow_decode(self, data: bytes) -> tuple[torch.Tensor, int, int]:
+    def _pillow_decode(self, data: bytes) -> tuple[np.ndarray, int, int]:
         image = decode_image(
             data,
             max_pixels=self.max_pixels,
@@ -328,7 +338,16 @@ class BatchClassifier:
             target_short_side=self.model.preprocessing.resize_short_side,
         )
         width, height = image.size
-        return self.model.preprocess(image), width, height
+        return self.model.preprocess_array(image), width, height
+
+
+def _as_array(model_input: Any) -> np.ndarray:
+    """A decoder's output as a float32 NumPy array (a torch tensor is moved to the CPU)."""
+    if isinstance(model_input, np.ndarray):
+        return model_input
+    if hasattr(model_input, "detach"):  # a torch tensor: any device
+        model_input = model_input.detach().cpu().numpy()
+    return np.asarray(model_input, dtype=np.float32)
 
 
 def _lower_priority(nice: int) -> None:

@@ -23,7 +23,7 @@ Speed: ``python -m benchmarks.backends`` measures both backends, images/s by bat
 
 Threads and streams: a batch is split into ``streams`` contiguous shards that run at once,
 each a ``session.run`` on its own thread with ``intra_op_threads`` threads (one inter-op
-thread). On the CPU the default is one stream per core (``torch.get_num_threads()``) with
+thread). On the CPU the default is one stream per core (:func:`default_threads`) with
 one thread each: independent single-threaded runs, the CPU plugin's "throughput streams" of
 OpenVINO, have no per-operator fork/join between cores, so a decode thread that takes a core
 for a moment delays one shard instead of stalling every parallel loop of the pass. Passing
@@ -33,7 +33,9 @@ spinning workers would keep the cores busy while the next micro-batch is being d
 Denormal floats are flushed to zero, as ``torch.set_flush_denormal(True)`` does on the torch
 path.
 
-Nothing here imports onnxruntime at import time.
+Nothing here imports onnxruntime or torch at import time; torch is imported by what needs
+it (the export, :func:`cache_key`, the agreement check, :meth:`OnnxSession.logits`), never
+by :meth:`OnnxSession.run_array` or :func:`stream_layout`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -52,13 +55,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from .errors import ModelError
 from .preprocessing import Preprocessing, decode_image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "AGREEMENT_MAX_ABS_DIFF",
@@ -109,8 +114,11 @@ def cache_key(module: torch.nn.Module, input_shape: tuple[int, ...], onnxruntime
     format, so channels-last weights hash like contiguous ones), the module's class and
     ``repr`` (its layer structure), the input shape ``(C, H, W)`` or ``(1, C, H, W)``, the
     torch, onnx (when installed) and onnxruntime versions, the opset and a cache format
-    number. Changing any weight changes the key.
+    number. Changing any weight changes the key. (:func:`models.serving_cache.manifest_key`
+    is the torch-free key that finds this file again; it covers the same inputs.)
     """
+    import torch
+
     digest = hashlib.sha256()
     kind = type(module)
     header = {
@@ -221,6 +229,8 @@ class OnnxSession:
         Raises:
             ValueError: The batch's ``(C, H, W)`` is not :attr:`input_shape`.
         """
+        import torch
+
         if tuple(batch.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"the ONNX Runtime backend takes (N, {', '.join(map(str, self.input_shape))}) "
@@ -387,7 +397,7 @@ def stream_layout(
 ) -> tuple[int, int]:
     """``(streams, intra_op_threads)`` of an ONNX Runtime session from what was asked for.
 
-    ``cores`` is ``torch.get_num_threads()`` (the cores torch would use). Neither given: on
+    ``cores`` is :func:`default_threads` (the cores torch would use). Neither given: on
     the CPU ``(cores, 1)``, one single-threaded stream per core (the throughput layout;
     see the module docstring); on CUDA ``(1, cores)``, the GPU runs the graph. Only
     ``intra_op_threads``: ``(1, intra_op_threads)``. Only ``streams``:
@@ -399,12 +409,59 @@ def stream_layout(
     for what, value in (("intra_op_threads", intra_op_threads), ("streams", streams)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ModelError(f"{what} must be a whole number of at least 1, got {value!r}")
-    cores = torch.get_num_threads()
+    cores = default_threads()
     if streams is None:
         if intra_op_threads is not None:
             return 1, intra_op_threads
         return (cores, 1) if device == "cpu" else (1, cores)
     return streams, intra_op_threads or max(1, cores // streams)
+
+
+def default_threads() -> int:
+    """The threads torch uses for one operator, without importing torch.
+
+    ``torch.get_num_threads()`` when torch is already imported (so a process that called
+    ``torch.set_num_threads`` keeps its choice); otherwise torch's own default, computed
+    as torch 2.14 does on Linux (measured: ``OMP_NUM_THREADS=3`` on 2 cores gives 2,
+    ``taskset -c 0`` gives 1): ``$OMP_NUM_THREADS`` (else ``$MKL_NUM_THREADS``), a
+    positive integer, capped at the machine's physical cores; when neither is set, the
+    physical cores among the CPUs this process may run on (``os.sched_getaffinity``).
+    Physical cores are distinct ``physical id``/``core id`` pairs of ``/proc/cpuinfo``
+    (the CPU count where that file has none). Always >= 1.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return int(torch.get_num_threads())
+    cores = _physical_cores()
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        with contextlib.suppress(ValueError):
+            value = int(os.environ.get(variable, ""))
+            if value > 0:
+                return min(value, len(set(cores.values())) or value)
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = set(cores)
+    return len({cores[cpu] for cpu in allowed if cpu in cores}) or len(allowed) or os.cpu_count() or 1
+
+
+def _physical_cores() -> dict[int, tuple[str, str]]:
+    """Logical CPU number -> its ``(physical id, core id)`` from ``/proc/cpuinfo``
+    (empty where the file has no such fields)."""
+    cores: dict[int, tuple[str, str]] = {}
+    processor: int | None = None
+    physical = ""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "processor":
+                processor, physical = int(value), ""
+            elif key == "physical id":
+                physical = value.strip()
+            elif key == "core id" and processor is not None:
+                cores[processor] = (physical, value.strip())
+    return cores
 
 
 def _cached_session(
@@ -418,6 +475,8 @@ def _cached_session(
     streams: int = 1,
 ) -> OnnxSession:
     """Export ``module`` unless cached, open its session, check it unless checked."""
+    import torch
+
     side = preprocessing.crop_size
     input_shape = (preprocessing.channels, side, side)
     key = cache_key(module, input_shape, str(ort.__version__))
@@ -473,6 +532,8 @@ def _cached_session(
 def _export(module: torch.nn.Module, path: Path, input_shape: tuple[int, ...]) -> None:
     """``torch.onnx.export`` of ``module`` to ``path``: opset 18, input ``input``
     ``input_shape`` with a dynamic batch axis, output ``logits``."""
+    import torch
+
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     dummy = torch.zeros(*input_shape, device=device)
     with warnings.catch_warnings():
@@ -572,6 +633,8 @@ def check_agreement(
     Returns:
         The :class:`Agreement`, or None when no photo is installed.
     """
+    import torch
+
     images = {}
     for photo, data in _real_photos().items():
         with contextlib.suppress(ValueError):

@@ -15,10 +15,9 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import (
@@ -28,6 +27,9 @@ from .errors import (
     TruncatedImageError,
     UnsupportedImageError,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -390,7 +392,8 @@ class Preprocessing:
         return 1 if self.grayscale else 3
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Preprocess one image: :meth:`normalise` of :meth:`pixels`.
+        """Preprocess one image: :meth:`normalise` of :meth:`pixels` (imports torch; gives
+        the same values as :meth:`array`, bit for bit).
 
         Args:
             image: A PIL image of any size; expected in mode ``RGB`` (as
@@ -403,12 +406,29 @@ class Preprocessing:
         """
         return self.normalise(self.pixels(image))
 
+    def array(self, image: Image.Image) -> np.ndarray:
+        """Preprocess one image without torch: :meth:`normalise_array` of
+        :meth:`pixels_array`, the NumPy twin of :meth:`__call__` (what serving from the
+        cache runs; equal to it bit for bit).
+
+        Returns:
+            A C-contiguous float32 array ``(C, crop_size, crop_size)``, values
+            ``(pixel - 255 * mean) / (255 * std)``.
+        """
+        return self.normalise_array(self.pixels_array(image))
+
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        """Resize and centre-crop one image, without normalising.
+        """Resize and centre-crop one image, without normalising (imports torch).
 
         Returns:
             A uint8 tensor ``(C, crop_size, crop_size)`` (``C`` = :attr:`channels`).
         """
+        import torch
+
+        return torch.from_numpy(self.pixels_array(image))
+
+    def pixels_array(self, image: Image.Image) -> np.ndarray:
+        """:meth:`pixels` as a C-contiguous uint8 NumPy array ``(C, crop_size, crop_size)``."""
         image = _to_rgb(image)
         if self.grayscale:
             image = image.convert("L")
@@ -421,15 +441,16 @@ class Preprocessing:
         left = int(round((new_size[0] - side) / 2.0))
         top = int(round((new_size[1] - side) / 2.0))
         crop = np.array(resized.crop((left, top, left + side, top + side)))  # (side, side[, 3]) uint8
-        hwc = torch.from_numpy(crop.reshape(side, side, -1))
-        return hwc.permute(2, 0, 1).contiguous()
+        return np.ascontiguousarray(crop.reshape(side, side, -1).transpose(2, 0, 1))
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """Scale and normalise pixels: ``(pixel - 255 * mean) / (255 * std)`` in float32.
 
         The same arithmetic for one image and for a batch, so a model evaluated on batches
         of stored pixels (training, offline evaluation) sees bit-for-bit the inputs it sees
-        when serving decoded images.
+        when serving decoded images; the same values as :meth:`normalise_array` (the float32
+        constants ``float32(mean) * 255`` and ``float32(std) * 255``, one IEEE subtraction
+        and one division per value).
 
         Args:
             pixels: ``(C, H, W)`` or ``(N, C, H, W)``, values 0..255 (uint8 or float).
@@ -440,18 +461,38 @@ class Preprocessing:
         Raises:
             ValueError: The channel dimension is not :attr:`channels`.
         """
-        if pixels.ndim not in (3, 4) or pixels.shape[-3] != self.channels:
-            raise ValueError(
-                f"pixels must be (C, H, W) or (N, C, H, W) with C={self.channels}, "
-                f"got shape {tuple(pixels.shape)}"
-            )
+        import torch
+
+        self._check_channels(tuple(pixels.shape))
         out = pixels.to(dtype=torch.float32, memory_format=torch.contiguous_format, copy=True)
         mean = torch.tensor(self.mean, dtype=torch.float32).mul_(255.0).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).mul_(255.0).view(-1, 1, 1)
         return out.sub_(mean.to(out.device)).div_(std.to(out.device))
 
+    def normalise_array(self, pixels: np.ndarray) -> np.ndarray:
+        """:meth:`normalise` in NumPy: ``pixels`` ``(C, H, W)`` or ``(N, C, H, W)``, values
+        0..255 (uint8 or float), to a new C-contiguous float32 array of the same shape.
+
+        Raises:
+            ValueError: The channel dimension is not :attr:`channels`.
+        """
+        self._check_channels(tuple(pixels.shape))
+        out = np.array(pixels, dtype=np.float32, order="C", copy=True)
+        mean = (np.asarray(self.mean, dtype=np.float32) * np.float32(255.0)).reshape(-1, 1, 1)
+        std = (np.asarray(self.std, dtype=np.float32) * np.float32(255.0)).reshape(-1, 1, 1)
+        np.subtract(out, mean, out=out)
+        np.divide(out, std, out=out)
+        return out
+
+    def _check_channels(self, shape: tuple[int, ...]) -> None:
+        if len(shape) not in (3, 4) or shape[-3] != self.channels:
+            raise ValueError(
+                f"pixels must be (C, H, W) or (N, C, H, W) with C={self.channels}, got shape {shape}"
+            )
+
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Preprocess several images into one batch.
+        """Preprocess several images into one batch (imports torch; :meth:`batch_array`
+        is the NumPy twin).
 
         Args:
             images: One or more PIL images (any sizes).
@@ -462,6 +503,18 @@ class Preprocessing:
         Raises:
             ValueError: ``images`` is empty.
         """
+        import torch
+
         if len(images) == 0:
             raise ValueError("Preprocessing.batch needs at least one image, got none")
         return torch.stack([self(image) for image in images])
+
+    def batch_array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """:meth:`batch` as a float32 NumPy array ``(N, C, crop_size, crop_size)``.
+
+        Raises:
+            ValueError: ``images`` is empty.
+        """
+        if len(images) == 0:
+            raise ValueError("Preprocessing.batch needs at least one image, got none")
+        return np.stack([self.array(image) for image in images])

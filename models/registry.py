@@ -14,21 +14,25 @@ Other models are added with :func:`register_model`; checkpoints written by
 Inference runs on torch eager, ONNX Runtime or OpenVINO, in fp32, bf16 or int8
 (``load_model(..., backend=..., precision=...)``; the export, its cache and the agreement
 check are in :mod:`models.onnx_backend`, OpenVINO in :mod:`models.openvino_backend`, the
-choice between them in :mod:`models.backend_selection`).
+choice between them in :mod:`models.backend_selection`). With the exported model and its
+verdicts cached, a default load of a built-in model imports neither torch nor torchvision
+(:mod:`models.serving_cache`); torch is imported to build, export, check or train.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, overload
 
-import torch
+import numpy as np
 from PIL import Image
 
+from . import onnx_backend, openvino_backend, serving_cache
 from .architectures import (  # the catalogue, below both serving and training
     _REGISTRY,
     _REGISTRY_LOCK,
@@ -40,7 +44,13 @@ from .architectures import (  # the catalogue, below both serving and training
     build_backbone,
     registered_preprocessing,
 )
-from .backend_selection import Session, check_arguments, open_session
+from .backend_selection import (
+    Session,
+    check_arguments,
+    onnx_verdict_path,
+    open_session,
+    openvino_verdict_path,
+)
 from .errors import ModelError
 from .labels import imagenet_labels
 from .onnx_backend import OnnxSession, stream_layout
@@ -48,6 +58,8 @@ from .openvino_backend import Precision
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
+    import torch
+
     from .training.checkpoints import Checkpoint
 
 __all__ = [
@@ -65,6 +77,7 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "checkpoint:"
+_LAZY_MODULE_LOCK = threading.Lock()
 
 Device = Literal["cpu", "cuda"]
 Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
@@ -98,7 +111,11 @@ class ImageClassifier:
         name: Registry name the model was loaded as.
         module: The ``torch.nn.Module``, in eval mode, on ``device``; maps a float32
             ``(N, C, H, W)`` batch (``C = preprocessing.channels``: 3, or 1 for a
-            grayscale model) to logits ``(N, len(labels))``.
+            grayscale model) to logits ``(N, len(labels))``. When the classifier was
+            served from the export cache without torch (:mod:`models.serving_cache`), the
+            module is built on first access (importing torch; the same module
+            ``load_model(..., backend="torch")`` builds) and inference never needs it;
+            :attr:`module_loaded` says whether it exists yet.
         labels: Class names in output-index order.
         preprocessing: How images must be prepared for ``module``.
         device: ``"cpu"`` or ``"cuda"``.
@@ -125,9 +142,33 @@ class ImageClassifier:
     onnx_session: Session | None = field(default=None, repr=False)
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
+    @property
+    def module_loaded(self) -> bool:
+        """Whether :attr:`module` exists (False only for a classifier served from the
+        export cache whose module was never asked for: torch is then not imported)."""
+        return "module" in self.__dict__
+
+    if not TYPE_CHECKING:  # hidden from type checkers: other attributes stay checked
+
+        def __getattr__(self, name: str) -> object:
+            # Reached only for attributes not set: the module of a classifier served from
+            # the export cache, built now from the build function kept for it.
+            build = self.__dict__.get("_build_module") if name == "module" else None
+            if build is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            with _LAZY_MODULE_LOCK:
+                if "module" not in self.__dict__:
+                    object.__setattr__(self, "module", build())
+            return self.__dict__["module"]
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised."""
+        """Prepare one image: float32 tensor ``(C, crop, crop)``, RGB (or luma), normalised
+        (imports torch; :meth:`preprocess_array` does not)."""
         return self.preprocessing(image)
+
+    def preprocess_array(self, image: Image.Image) -> np.ndarray:
+        """:meth:`preprocess` as a float32 NumPy array ``(C, crop, crop)``, equal bit for bit."""
+        return self.preprocessing.array(image)
 
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a preprocessed batch.
@@ -151,6 +192,8 @@ class ImageClassifier:
                 ``(N, C, crop_size, crop_size)``, or empty).
             ModelError: The module does not return logits ``(N, len(labels))``.
         """
+        import torch
+
         channels = self.preprocessing.channels
         if batch.ndim != 4 or batch.shape[1] != channels:
             raise ValueError(f"batch must be a (N, {channels}, H, W) tensor, got shape {tuple(batch.shape)}")
@@ -166,13 +209,46 @@ class ImageClassifier:
             raise ModelError(f"model {self.name!r} returned {got}, expected logits of shape {expected}")
         return torch.softmax(logits.float(), dim=1).cpu()
 
-    def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
+    def predict_proba_array(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` on NumPy: no torch on the ONNX Runtime and OpenVINO backends.
+
+        Args:
+            batch: Float32 array ``(N, C, crop_size, crop_size)``, ``N >= 1``, from
+                :meth:`preprocess_array` (other float dtypes are converted).
+
+        Returns:
+            Float32 array ``(N, len(labels))``: softmax over the logits (computed in
+            float32 as ``exp(x - max) / sum``), each row sums to 1.
+
+        Raises:
+            ValueError: ``batch`` is not ``(N, C, H, W)`` (on a session: not
+                ``(N, C, crop_size, crop_size)``, or empty).
+            ModelError: The model does not return logits ``(N, len(labels))``.
+        """
+        channels = self.preprocessing.channels
+        if batch.ndim != 4 or batch.shape[1] != channels:
+            raise ValueError(f"batch must be a (N, {channels}, H, W) array, got shape {tuple(batch.shape)}")
+        if self.onnx_session is None:  # torch eager
+            import torch
+
+            return self.predict_proba(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
+        session = self.onnx_session
+        run = session.run_array if isinstance(session, OnnxSession) else session.run
+        logits = run(np.ascontiguousarray(batch, dtype=np.float32))
+        expected = (batch.shape[0], len(self.labels))
+        if not isinstance(logits, np.ndarray) or logits.shape != expected:
+            got = logits.shape if isinstance(logits, np.ndarray) else type(logits).__name__
+            raise ModelError(f"model {self.name!r} returned {got}, expected logits of shape {expected}")
+        return _softmax(logits)
+
+    def top_k(self, probs: torch.Tensor | np.ndarray, k: int = 5) -> list[list[Prediction]]:
         """The ``k`` most probable classes of each row, most probable first.
 
         Ties are ordered by class index (stable sort), so results are deterministic.
 
         Args:
-            probs: Tensor ``(N, len(labels))``, e.g. from :meth:`predict_proba`.
+            probs: Tensor or NumPy array ``(N, len(labels))``, e.g. from
+                :meth:`predict_proba` or :meth:`predict_proba_array`.
             k: Classes per row, at least 1; more than ``len(labels)`` gives all.
 
         Returns:
@@ -185,11 +261,13 @@ class ImageClassifier:
             raise ValueError(f"probs must be (N, {len(self.labels)}), got shape {tuple(probs.shape)}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k!r}")
-        values, indices = torch.sort(probs.detach().cpu(), dim=1, descending=True, stable=True)
-        k = min(k, probs.shape[1])
+        array = probs if isinstance(probs, np.ndarray) else probs.detach().cpu().numpy()
+        k = min(k, array.shape[1])
+        indices = np.argsort(-array, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(array, indices, axis=1)
         return [
             [Prediction(self.labels[i], p, i) for p, i in zip(row_p, row_i)]
-            for row_p, row_i in zip(values[:, :k].tolist(), indices[:, :k].tolist())
+            for row_p, row_i in zip(values.tolist(), indices.tolist())
         ]
 
     @overload
@@ -225,7 +303,17 @@ class ImageClassifier:
             )
         if len(images) == 0:
             return []
-        return self.top_k(self.predict_proba(self.preprocessing.batch(images)), k=top_k)
+        batch = np.stack([self.preprocess_array(image) for image in images])
+        return self.top_k(self.predict_proba_array(batch), k=top_k)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax of ``(N, classes)`` logits in float32: ``exp(x - max(x)) / sum``."""
+    x = logits.astype(np.float32, copy=True)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
 
 
 def register_model(
@@ -292,6 +380,15 @@ def load_model(
     Calls ``torch.set_flush_denormal(True)`` on the calling thread first: untrained or
     random-weight models otherwise produce denormal (subnormal) floats, which x86 CPUs
     compute many times slower (see ``torch.set_flush_denormal``'s documentation).
+
+    Served from the export cache without torch: a built-in model asked for with
+    ``backend="auto"``, ``precision="fp32"`` and ``device="cpu"`` (the defaults) whose
+    serving manifest is present and valid (:mod:`models.serving_cache`: same weights
+    bytes, labels, preprocessing, package versions and CPU; its verdicts still passing)
+    skips every step above: the ONNX Runtime or OpenVINO session is opened on the cached
+    file and the classifier's ``module`` is None; neither torch nor torchvision is
+    imported. Otherwise the steps run (importing torch) and, when they choose ONNX
+    Runtime or OpenVINO, write the manifest for the next load.
 
     Args:
         name: One of :func:`available_models`, or ``"checkpoint:<uri>"`` for a checkpoint
@@ -383,6 +480,36 @@ def load_model(
         num_classes = len(label_tuple)
     path = _resolve_weights_path(name, entry, weights_path)
 
+    manifest_key: str | None = None  # serving from the export cache without torch
+    pre = entry.preprocessing
+    if path is not None and serving_cache.eligible(
+        built_in=entry.imagenet, backend=backend, precision=precision, device=device
+    ):
+        try:
+            manifest_key = serving_cache.manifest_key(
+                name,
+                weights_path=path,
+                labels=label_tuple,
+                preprocessing=pre,
+                device=device,
+                backend=backend,
+                precision=precision,
+            )
+        except OSError:
+            manifest_key = None  # unreadable weights: the torch path says why
+    if manifest_key is not None and path is not None:
+        cached = serving_cache.open_cached(
+            name,
+            manifest_key,
+            input_shape=(pre.channels, pre.crop_size, pre.crop_size),
+            intra_op_threads=intra_op_threads,
+            streams=streams,
+        )
+        if cached is not None:
+            return _served_from_cache(name, cached, label_tuple, pre, path, start)
+
+    import torch
+
     torch.set_flush_denormal(True)
     try:
         module = entry.build(num_classes)
@@ -404,7 +531,7 @@ def load_model(
             f"model {name!r} outputs {outputs} classes but labels has {len(label_tuple)} "
             "entries; pass one label per output class"
         )
-    return _with_backend(
+    classifier = _with_backend(
         ImageClassifier(name, module, label_tuple, entry.preprocessing, device, 0.0),
         backend,
         intra_op_threads,
@@ -412,6 +539,62 @@ def load_model(
         auto_eligible=entry.imagenet,
         start=start,
         precision=precision,
+    )
+    if manifest_key is not None and classifier.onnx_session is not None:
+        _write_manifest(classifier, manifest_key)
+    return classifier
+
+
+def _served_from_cache(
+    name: str,
+    cached: serving_cache.CachedSession,
+    labels: tuple[str, ...],
+    preprocessing: Preprocessing,
+    weights_path: str,
+    start: float,
+) -> ImageClassifier:
+    """The :class:`ImageClassifier` over a session opened from the export cache: its
+    ``module`` is not built (no torch) until first asked for, then built as
+    ``load_model(name, weights_path=..., labels=..., backend="torch")`` builds it."""
+
+    def build() -> torch.nn.Module:
+        return load_model(name, weights_path=weights_path, labels=labels, backend="torch").module
+
+    classifier = ImageClassifier(
+        name,
+        None,  # type: ignore[arg-type]  # removed below: built on first access
+        labels,
+        preprocessing,
+        "cpu",
+        (time.perf_counter() - start) * 1000.0,
+        backend=cached.backend,
+        onnx_session=cached.session,
+        precision="fp32",
+    )
+    object.__delattr__(classifier, "module")
+    object.__setattr__(classifier, "_build_module", build)
+    return classifier
+
+
+def _write_manifest(classifier: ImageClassifier, key: str) -> None:
+    """The serving manifest of a load that chose ONNX Runtime or OpenVINO (fp32), naming
+    the verdicts the choice rests on (see :mod:`models.serving_cache`)."""
+    session = classifier.onnx_session
+    assert session is not None
+    verdicts = [onnx_verdict_path(session.path)]
+    depends = list(verdicts)
+    speed_runs: list[str] | None = None
+    ov = openvino_backend.import_openvino()
+    if ov is not None:  # "auto" considered OpenVINO too
+        ov_verdict = openvino_verdict_path(session.path, ov)
+        depends.append(ov_verdict)
+        agreement = onnx_backend._read_agreement(ov_verdict)
+        if agreement is not None and agreement.passes():
+            speed_runs = ["onnxruntime", "openvino"]  # both agreed: the faster one was chosen
+        if classifier.backend == "openvino":
+            verdicts.append(ov_verdict)
+    serving_cache.write_manifest(
+        classifier.name, key, session, verdicts=verdicts, depends=depends, speed_runs=speed_runs
     )
 
 
@@ -446,6 +629,8 @@ def _with_backend(
         streams=streams,
     )
     if session is None and intra_op_threads is not None:
+        import torch
+
         torch.set_num_threads(intra_op_threads)
     load_latency_ms = (time.perf_counter() - start) * 1000.0
     return dataclasses.replace(
@@ -506,6 +691,8 @@ def _resolve_labels(
 
 def _output_classes(name: str, module: torch.nn.Module, preprocessing: Preprocessing, device: Device) -> int:
     """Run one warm-up forward on zeros ``(1, C, side, side)``; return the class count."""
+    import torch
+
     shape = (1, preprocessing.channels, preprocessing.crop_size, preprocessing.crop_size)
     try:
         with torch.inference_mode():
@@ -571,6 +758,8 @@ def load_checkpoint(
 
 def _classifier_from_checkpoint(checkpoint: Checkpoint, device: Device, start: float) -> ImageClassifier:
     """The :class:`ImageClassifier` of a checkpoint already read (see :func:`load_checkpoint`)."""
+    import torch
+
     from .training.layers import build_model
 
     uri = checkpoint.uri
