@@ -18,8 +18,8 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from infra import stack as stack_mod
 from infra.patches import bqemulator as patch
+from infra.services import bigquery as bq_service
 from infra.stack import Stack, StackError
 
 SERVICER = "bqemulator/grpc_api/write_servicer.py"
@@ -28,7 +28,7 @@ PATCHED = sorted({h.path for h in patch.HUNKS})
 
 def pristine(path: str = SERVICER) -> str:
     """The release's own file at ``path``: the installed file with its hunks undone."""
-    text = (stack_mod._bq_site_packages() / path).read_text()
+    text = (bq_service.site_packages() / path).read_text()
     hunks = [h for h in patch.HUNKS if h.path == path]
     for hunk in reversed(hunks):
         text = text.replace(hunk.new, hunk.old)
@@ -85,31 +85,31 @@ def test_install_repatches_a_venv_whose_stamp_matches_but_files_do_not(
     (venv / "bin" / "bqemulator").write_text("#!/bin/sh\n")
     wanted = json.dumps(
         {
-            "requirements": list(stack_mod._BQ_REQUIREMENTS),
-            "extension": stack_mod._BQ_EXTENSION_SNIPPET,
+            "requirements": list(bq_service.REQUIREMENTS),
+            "extension": bq_service.EXTENSION_SNIPPET,
         }
     )
     (venv / ".buildflow-installed").write_text(wanted)
-    monkeypatch.setattr(stack_mod, "_BQ_VENV", venv)
+    monkeypatch.setattr(bq_service, "VENV", venv)
     ran: list[list[str]] = []
-    monkeypatch.setattr(stack_mod, "_run", lambda cmd, what, *a, **k: ran.append(list(cmd)) or "")
+    monkeypatch.setattr(bq_service, "run", lambda cmd, what, *a, **k: ran.append(list(cmd)) or "")
 
-    assert stack_mod._ensure_bq_venv() == venv / "bin" / "bqemulator"
+    assert bq_service.ensure_venv() == venv / "bin" / "bqemulator"
     assert patch.is_applied(site) and ran == []  # patched, nothing reinstalled
     text = (site / SERVICER).read_text()
-    assert stack_mod._ensure_bq_venv() == venv / "bin" / "bqemulator"
+    assert bq_service.ensure_venv() == venv / "bin" / "bqemulator"
     assert ran == [] and (site / SERVICER).read_text() == text  # nothing to do
 
     (venv / ".buildflow-installed").write_text(wanted.replace("bqemulator==", "bqemulator==0.9 "))
     (site / SERVICER).write_text(pristine_servicer())
-    stack_mod._ensure_bq_venv()  # changed requirements: the install steps run again, then the patch
+    bq_service.ensure_venv()  # changed requirements: the install steps run again, then the patch
     assert any("pip" in c and "install" in c for c in ran) and patch.is_applied(site)
     assert (venv / ".buildflow-installed").read_text() == wanted
 
     (site / "bqemulator-1.4.0.dist-info" / "METADATA").write_text("Name: bqemulator\nVersion: 1.5.0\n")
     (site / SERVICER).write_text(pristine_servicer())
     with pytest.raises(StackError, match="port infra/patches/bqemulator.py"):
-        stack_mod._ensure_bq_venv()
+        bq_service.ensure_venv()
 
 
 # --- what the patch fixes, on the running stack ---------------------------------------------

