@@ -41,7 +41,7 @@ from typing import Final
 __all__ = ["PACKAGE", "VERSION", "HUNKS", "PatchError", "apply", "digest", "is_applied"]
 
 PACKAGE: Final = "bqemulator"
-#: The release these hunks were written against (``infra.stack`` pins it).
+#: The release these hunks were written against (``infra.services.bigquery`` pins it).
 VERSION: Final = "1.4.0"
 _MARK: Final = "# buildflow patch"
 
@@ -145,8 +145,8 @@ _BUILDFLOW_THREAD = threading.local()  # {_MARK} 3: per-thread cursors of dedica
 
 
 def digest() -> str:
-    """SHA-256 of the hunks: part of ``infra.stack``'s install stamp, so a changed patch is
-    applied again."""
+    """SHA-256 of the release and the hunks: names this patch. Not part of the venv's install
+    stamp: ``infra.services.bigquery`` checks the files themselves at every install."""
     h = hashlib.sha256(VERSION.encode())
     for hunk in HUNKS:
         h.update(b"\0".join(s.encode() for s in (hunk.path, hunk.old, hunk.new)) + b"\1")
