@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .batch_classifier import BatchClassifier, ClassifiedImage, ClassifierOptions, EncodedImage
+    from .classifier import Backend, Device, ImageClassifier, Prediction
     from .errors import (
         EmptyImageError,
         ImageDecodeError,
@@ -54,11 +55,7 @@ if TYPE_CHECKING:
         decode_image,
     )
     from .registry import (
-        Backend,
-        Device,
-        ImageClassifier,
         Precision,
-        Prediction,
         available_models,
         load_checkpoint,
         load_model,
@@ -95,13 +92,10 @@ _LAZY = {
         ),
         "preprocessing",
     ),
+    **dict.fromkeys(("Backend", "Device", "ImageClassifier", "Prediction"), "classifier"),
     **dict.fromkeys(
         (
-            "Backend",
-            "Device",
-            "ImageClassifier",
             "Precision",
-            "Prediction",
             "available_models",
             "load_checkpoint",
             "load_model",

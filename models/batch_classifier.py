@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypedDict
 
 import numpy as np
 
+from .classifier import Backend, Device, ImageClassifier, Prediction
 from .onnx_backend import default_threads
 from .openvino_backend import Precision
 from .preprocessing import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_file_size, decode_image
-from .registry import Backend, Device, ImageClassifier, Prediction, load_model
+from .registry import load_model
 
 if TYPE_CHECKING:
     import torch

@@ -213,7 +213,7 @@ def test_top_k_on_numpy_orders_like_torch_ties_by_index() -> None:
 
 
 def test_softmax_on_numpy_matches_torch() -> None:
-    from models.registry import _softmax
+    from models.classifier import _softmax
 
     logits = np.random.default_rng(1).normal(0, 8, (3, 1000)).astype(np.float32)
     expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
