@@ -157,6 +157,7 @@ class FakeWrite(grpc.GenericRpcHandler):
         self.requests: list[Any] = []
         self.connections = 0
         self.appended: list[str] = []
+        self.answer_after_s = 0.0
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         from google.cloud.bigquery_storage_v1 import types
@@ -189,6 +190,7 @@ class FakeWrite(grpc.GenericRpcHandler):
             bad = [i for i, r in enumerate(rows) if r.name.startswith("bad")]
             if not bad:
                 self.appended += [r.name for r in rows]
+                time.sleep(self.answer_after_s)  # a server that takes its time to answer
                 yield types.AppendRowsResponse(append_result=types.AppendRowsResponse.AppendResult())
                 continue
             error = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="invalid rows")
@@ -227,6 +229,42 @@ def fake_write(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
     finally:
         channel.close()
         server.stop(grace=None).wait(5)
+
+
+def test_a_write_notices_its_acknowledgement_within_the_poll_interval(
+    fake_write: FakeWrite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to an append reaches its future on the client's response thread, but
+    ``AppendRowsFuture.result()`` only looks at its next poll; google-api-core's default
+    polling sleeps up to seconds between looks (each write waited 0-1 s after its answer,
+    median ~0.4 s). With a server that answers after 50 ms, every sleep while the sink
+    waits is at most ``ACK_POLL_S``'s longest interval."""
+    from google.api_core.retry import retry_unary
+
+    from buildflow.io.google.bigquery_storage_write import ACK_POLL_S
+
+    sleeps: list[float] = []
+
+    class RecordingTime:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(retry_unary, "time", RecordingTime())
+    fake_write.answer_after_s = 0.05
+    env = Environment(name="gcp", state_dir=tmp_path)
+    sink = StorageWriteSink(env, "proj-ect", "proj-ect.ds.rows", SCHEMA, "upsert")
+    try:
+        for n in range(3):
+            assert asyncio.run(sink.write(named([f"n{n}-{i}" for i in range(5)]))) is None
+    finally:
+        asyncio.run(sink.close())
+    assert len(fake_write.appended) == 15
+    assert sleeps, "the sink never waited for an answer (the server answers after 50 ms)"
+    assert max(sleeps) <= ACK_POLL_S[1], sorted(sleeps)[-3:]
 
 
 def named(names: list[str]) -> list[OutputRecord]:

@@ -65,6 +65,7 @@ from buildflow.runtime.threads import BlockingWorker
 from buildflow.schema import SchemaField, TableSchema
 
 __all__ = [
+    "ACK_POLL_S",
     "APPEND_TIMEOUT_S",
     "CHANGE_TYPE",
     "MAX_REQUEST_BYTES",
@@ -84,6 +85,23 @@ MAX_REQUEST_BYTES: Final = 8_000_000
 
 APPEND_TIMEOUT_S: Final = 60.0
 """How long one request may wait for its acknowledgement before the batch is retried."""
+
+ACK_POLL_S: Final = (0.001, 0.02)
+"""First and longest interval, in seconds, at which a write checks whether its request was
+acknowledged. The acknowledgement is set on the append's future by the client's response
+thread, but ``AppendRowsFuture.result()`` (a google-api-core ``PollingFuture``) notices it
+only at its next poll, and the library's default polling (``DEFAULT_POLLING``: first wait
+up to 1 s, growing 1.5x to 20 s) left every write waiting 0-1 s after its answer had
+arrived (median ~0.4 s per append, measured against a trivial gRPC server)."""
+
+
+def _ack_polling() -> Any:
+    """google-api-core's polling of a future, at :data:`ACK_POLL_S` instead of its default."""
+    from google.api_core.future import polling
+
+    initial, maximum = ACK_POLL_S
+    return polling.DEFAULT_POLLING.with_delay(initial=initial, maximum=maximum, multiplier=2.0)
+
 
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _EPOCH_DATE: Final = datetime.date(1970, 1, 1)
@@ -351,7 +369,7 @@ class StorageWriteSink(SinkRuntime):
         failure: BaseException | None = None
         for chunk, future in zip(chunks, futures, strict=True):
             try:
-                future.result(timeout=APPEND_TIMEOUT_S)
+                future.result(timeout=APPEND_TIMEOUT_S, polling=_ack_polling())
                 outcomes.append(_Outcome())
             except exceptions.GoogleAPICallError as e:
                 row_errors = list(getattr(getattr(e, "response", None), "row_errors", None) or ())
