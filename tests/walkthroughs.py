@@ -371,18 +371,36 @@ class Session:
         )
 
     def run(self, command: str, timeout_s: float = 280.0) -> Result:
+        """Run ``command`` to its end. One that is still running after ``timeout_s`` fails the
+        test with its output and every Python thread's stack of the ``buildflow`` processes
+        it started (``buildflow run`` prints them on SIGUSR1), and its whole process group is
+        killed (no command outlives its test)."""
         started = time.monotonic()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             ["bash", "-c", self._script(command)],
             cwd=self.folder,
             env=self.env,
-            input=b"y\n",
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
+            start_new_session=True,
         )
-        output = proc.stdout.decode(errors="replace")
+        try:
+            stdout, _ = proc.communicate(b"y\n", timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            for pid in _group_members(proc.pid, "buildflow"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)  # collects the dumps (written at once) meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            stdout, _ = proc.communicate()
+            raise AssertionError(
+                f"{command!r} still running after {timeout_s:.0f} s; its output, then the stacks "
+                f"of its buildflow processes:\n{stdout.decode(errors='replace')[-20000:]}"
+            ) from None
+        output = stdout.decode(errors="replace")
         result = Result(command, output, proc.returncode, time.monotonic() - started)
         self.results.append(result)
         return result
@@ -431,6 +449,22 @@ class Session:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+def _group_members(pgid: int, name: str) -> list[int]:
+    """PIDs of the processes of process group ``pgid`` but its leader (the shell) whose
+    command line contains ``name`` (Linux ``/proc``; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        if entry.name == str(pgid):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the fields after "(comm)": state, ppid, pgrp
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            if name in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(entry.name))
+    return found
 
 
 def session_env(folder: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

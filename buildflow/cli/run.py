@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +154,17 @@ def _print_summary(summary: RunSummary, launched_at: float | None = None) -> Non
         f"row {first_row}, receive-to-row p50 {lat_p50}, peak RSS {summary.peak_rss_mb:.0f} MB, max "
         f"event-loop lag {summary.loop_lag_max_ms:.0f} ms"
     )
+
+
+def dump_stacks_on_sigusr1() -> bool:
+    """Make ``kill -USR1 <pid>`` print every Python thread's stack to stderr and go on
+    (Python's :mod:`faulthandler`; the role of a JVM's ``jstack``): what a run that looks
+    stuck is waiting for. Not on Windows (no SIGUSR1). Returns whether it was registered."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is None:
+        return False
+    faulthandler.register(usr1, file=sys.stderr, all_threads=True, chain=False)
+    return True
 
 
 def _short_node(node: Any) -> str:
@@ -313,6 +327,7 @@ def run_cmd(
     """Run the app until Ctrl-C (first: drain and exit; second: stop now)."""
     launched, launched_at = time.monotonic(), time.time()
     configure_logging(log_level)
+    dump_stacks_on_sigusr1()
     progress = not no_progress
     from buildflow.runtime.base import Runtime
     from buildflow.runtime.inprocess import InProcessRuntime

@@ -18,6 +18,7 @@ import datetime
 import functools
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ log = logging.getLogger("buildflow.io.kafka")
 #: * ``partition.assignment.strategy`` cooperative-sticky: incremental rebalances (KIP-429):
 #:   a consumer joining or leaving moves only the partitions that must move, the others
 #:   keep being read meanwhile.
+JOIN_WARNING_S = 30.0
+"""Seconds a group consumer may wait for its first partition assignment before a warning
+says why nothing is read (a join normally takes one to a few heartbeats, 2-4 s here)."""
+
 CONSUMER_DEFAULTS: dict[str, str] = {
     "session.timeout.ms": "6000",
     "heartbeat.interval.ms": "2000",
@@ -232,6 +237,9 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         self._last_empty = False
         self._assigned = False
         self._owned: set[tuple[str, int]] = set()  # the partitions this consumer holds now
+        self._group_id = group_id
+        self._subscribed_at: float | None = None
+        self._join_warned = False
 
     def _assign(self, consumer: Any, partitions: list[Any]) -> None:
         # eager protocol: the whole assignment; cooperative: the partitions added
@@ -264,6 +272,27 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
         self._consumer.subscribe(
             [self.decl.topic], on_assign=self._assign, on_revoke=self._revoked, on_lost=self._revoked
         )
+        self._subscribed_at = time.monotonic()
+
+    def _check_join(self) -> None:
+        """Warn once when the group has assigned nothing for ``JOIN_WARNING_S``: nothing is
+        read until it does, and ``--until-idle`` waits for it."""
+        if self._assigned or self._join_warned or self._subscribed_at is None:
+            return
+        waited = time.monotonic() - self._subscribed_at
+        if waited < JOIN_WARNING_S:
+            return
+        self._join_warned = True
+        log.warning(
+            "kafka topic %r: consumer group %r has assigned this consumer no partition after %.0f s. "
+            "A rebalance waits for every member to rejoin: a member that stopped polling (a stuck "
+            "or suspended process of this group) holds it for up to its max.poll.interval.ms "
+            "(300 s by default). Stop such a process, or give this app its own group "
+            "(KafkaTopic(group_id=...)).",
+            self.decl.topic,
+            self._group_id,
+            waited,
+        )
 
     def _consume(self, n: int, timeout_s: float) -> list[Any]:
         if self._consumer is None:
@@ -278,6 +307,7 @@ class KafkaSource(SourceRuntime[KafkaMessageEvent]):
 
     async def pull(self, max_events: int, timeout_s: float) -> list[Envelope[KafkaMessageEvent]]:
         msgs = await self._io.run(lambda: self._consume(max_events, max(0.05, min(timeout_s, 1.0))))
+        self._check_join()
         envs = [decode_record(m, self.decl, self.env) for m in msgs]
         for e in envs:
             t, p, o = e.ack_id
