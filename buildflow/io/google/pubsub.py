@@ -10,7 +10,9 @@
 * ``emulator``: :class:`PubSubPullSource`, unary ``Pull`` with a 60 s deadline (longer
   than any server hold of an empty pull; the emulator answers an empty pull at once), since
   the emulator's streaming pull delivers only ~95 messages/s per stream. It extends the
-  ack deadline of in-flight messages every third of it.
+  ack deadline of in-flight messages every third of it. Pulls, lease extensions and
+  acks/nacks each have a thread of their own: an ack never waits behind a pull the server
+  holds open.
 
 Both ack only after the runtime's sink write; nack gives a message back at once
 (``modifyAckDeadline 0``).
@@ -318,6 +320,8 @@ class PubSubPullSource(SourceRuntime[Any]):
         self.decode = decode
         self._io = BlockingWorker(f"pubsub-{subscription.rsplit('/', 1)[-1]}")
         self._lease_io = BlockingWorker(f"pubsub-lease-{subscription.rsplit('/', 1)[-1]}")
+        # acks on their own thread: behind a pull on self._io, each waited for that pull
+        self._ack_io = BlockingWorker(f"pubsub-ack-{subscription.rsplit('/', 1)[-1]}")
         self._inflight: dict[str, float] = {}  # ack_id -> when its lease was last extended
         self._last_pull_empty = False
         self._lease_task: asyncio.Task[None] | None = None
@@ -378,7 +382,7 @@ class PubSubPullSource(SourceRuntime[Any]):
         for i in range(0, len(ack_ids), _ACK_CHUNK):
             chunk = list(ack_ids[i : i + _ACK_CHUNK])
             try:
-                await self._io.run(
+                await self._ack_io.run(
                     lambda c=chunk: client.acknowledge(  # type: ignore[misc]
                         request={"subscription": self.subscription, "ack_ids": c}
                     )
@@ -426,7 +430,7 @@ class PubSubPullSource(SourceRuntime[Any]):
 
     async def nack(self, envelopes: Sequence[Envelope[Any]]) -> None:
         ids = [e.ack_id for e in envelopes]
-        await self._modify(ids, 0, self._io)
+        await self._modify(ids, 0, self._ack_io)
         for a in ids:
             self._inflight.pop(a, None)
 
@@ -443,6 +447,7 @@ class PubSubPullSource(SourceRuntime[Any]):
                 await self._lease_task
         self._io.stop()
         self._lease_io.stop()
+        self._ack_io.stop()
 
 
 @dataclasses.dataclass(frozen=True)
