@@ -46,6 +46,10 @@ __all__ = ["KafkaSourceProvider", "KafkaSinkProvider", "decode_record", "encode_
 
 log = logging.getLogger("buildflow.io.kafka")
 
+JOIN_WARNING_S = 30.0
+"""Seconds a group consumer may wait for its first partition assignment before a warning
+says why nothing is read (a join normally takes one to a few heartbeats, 2-4 s here)."""
+
 #: librdkafka settings every buildflow consumer starts with (``KafkaTopic.consumer_config``
 #: overrides each), for a group join in seconds rather than tens of seconds:
 #:
@@ -60,10 +64,6 @@ log = logging.getLogger("buildflow.io.kafka")
 #: * ``partition.assignment.strategy`` cooperative-sticky: incremental rebalances (KIP-429):
 #:   a consumer joining or leaving moves only the partitions that must move, the others
 #:   keep being read meanwhile.
-JOIN_WARNING_S = 30.0
-"""Seconds a group consumer may wait for its first partition assignment before a warning
-says why nothing is read (a join normally takes one to a few heartbeats, 2-4 s here)."""
-
 CONSUMER_DEFAULTS: dict[str, str] = {
     "session.timeout.ms": "6000",
     "heartbeat.interval.ms": "2000",
