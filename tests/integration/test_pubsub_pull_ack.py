@@ -70,7 +70,9 @@ class HoldingSubscriber(grpc.GenericRpcHandler):
         out, self.queued = self.queued, []
         return types.PullResponse(
             received_messages=[
-                types.ReceivedMessage(ack_id=ack_id, message=types.PubsubMessage(data=data, message_id=ack_id))
+                types.ReceivedMessage(
+                    ack_id=ack_id, message=types.PubsubMessage(data=data, message_id=ack_id)
+                )
                 for ack_id, data in out
             ]
         )
