@@ -17,8 +17,12 @@ these cores:
   (and with each reduced precision): "ours / fp32 bound" is issue 19's measure.
 * **Shared-cores ceiling.** ``1 / (1/decode + 1/model)``: both ceilings above use every
   core, so a pipeline whose decode and model share the cores cannot beat this bound.
+* **Photo sets.** Each of :data:`PHOTO_SETS` (``--photos``: small ~500x375, large
+  ~1350x900) is measured on its own: decode ceilings, rounds and ours per set (the model
+  ceilings of the components are measured once per model: its input is 224x224 whatever
+  the photo). Latency, backlog and the peer use the first set.
 * **Ours, end to end.** N distinct real JPEGs (:mod:`benchmarks.images`: crops, flips,
-  re-encodes of the packaged photos at ~500x375 and ~1350x900) already in the local bucket
+  re-encodes of the packaged photos at the set's size) already in the local bucket
   -> rows in the DuckDB table, by ``buildflow run main:app --until-idle``: images/s from the
   run's start (after setup) to its last row, process start to first row, and the
   processor's setup() time (imports, model load, warm-up) for the target "start to first
@@ -61,12 +65,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import percentiles
+from models.samples import DISTINCT_SIZES
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "buildflow.cli"]
 BUCKET = "buildflow-images"
 TABLE = "image_classification.predictions"
 BATCH = 16  # ImageClassificationProcessor.max_batch_size
+PHOTO_SETS = {"small": DISTINCT_SIZES[0], "large": DISTINCT_SIZES[1]}
+"""The photo sets measured each on its own: (long side, short side) in pixels, from
+:data:`models.samples.DISTINCT_SIZES` (~500x375 like a web image, ~1350x900 like a
+downscaled camera photo)."""
 
 
 # -- ceilings ----------------------------------------------------------------------------------
@@ -133,20 +142,48 @@ def decode_variant_ceiling(datas: list[bytes], model: Any, variant: str, threads
 
 
 def component_ceilings(
-    model_name: str, weights: Path | None, datas: list[bytes], seconds: float
+    model_name: str,
+    weights: Path | None,
+    datas: list[bytes],
+    seconds: float,
+    models: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every decode variant's and every (backend, precision) model's ceiling, and the
     shared-cores bound of the fastest decode with the fastest fp32 model (and with each
     faster reduced precision this CPU runs). A precision this CPU lacks the instructions
     for is reported with the reason instead of a figure (``load_model`` would fall back
-    to fp32)."""
+    to fp32). ``models``: the ``{"model": ..., "not_run": ...}`` of an earlier call for the
+    same model (the model ceilings do not depend on the photos' size: tensors are 224x224),
+    reused instead of measured again; only the decode ceilings are measured on ``datas``."""
     from models import load_model
-    from models.openvino_backend import import_openvino, precision_support
 
     out: dict[str, Any] = {"decode": {}, "model": {}, "not_run": {}}
     ref = load_model(model_name, weights_path=str(weights) if weights else None, backend="onnxruntime")
     for variant in DECODE_VARIANTS:
         out["decode"][variant] = decode_variant_ceiling(datas, ref, variant)
+    if models is None:
+        models = model_components(model_name, weights, datas, seconds)
+    out["model"], out["not_run"] = dict(models["model"]), dict(models["not_run"])
+    best_decode = max(out["decode"].values())
+    fp32 = {k: v for k, v in out["model"].items() if k.endswith("fp32")}
+    out["best_decode"] = max(out["decode"], key=out["decode"].__getitem__)
+    out["best_fp32_model"] = max(fp32, key=fp32.__getitem__)
+    out["fp32_bound"] = 1.0 / (1.0 / best_decode + 1.0 / fp32[out["best_fp32_model"]])
+    for label, rate in out["model"].items():
+        if not label.endswith("fp32"):
+            out[f"{label.split()[1]}_bound"] = 1.0 / (1.0 / best_decode + 1.0 / rate)
+    return out
+
+
+def model_components(
+    model_name: str, weights: Path | None, datas: list[bytes], seconds: float
+) -> dict[str, Any]:
+    """Every (backend, precision) of :data:`MODEL_VARIANTS` this CPU runs: ``{"model":
+    {label: img/s}, "not_run": {label: why}}``."""
+    from models import load_model
+    from models.openvino_backend import import_openvino, precision_support
+
+    out: dict[str, Any] = {"model": {}, "not_run": {}}
     for backend, precision in MODEL_VARIANTS:
         label = f"{backend} {precision}"
         why = precision_support(precision) if precision != "fp32" else None  # type: ignore[arg-type]
@@ -163,14 +200,6 @@ def component_ceilings(
             continue
         out["model"][label] = model_ceiling(model, datas, seconds=seconds)
         del model
-    best_decode = max(out["decode"].values())
-    fp32 = {k: v for k, v in out["model"].items() if k.endswith("fp32")}
-    out["best_decode"] = max(out["decode"], key=out["decode"].__getitem__)
-    out["best_fp32_model"] = max(fp32, key=fp32.__getitem__)
-    out["fp32_bound"] = 1.0 / (1.0 / best_decode + 1.0 / fp32[out["best_fp32_model"]])
-    for label, rate in out["model"].items():
-        if not label.endswith("fp32"):
-            out[f"{label.split()[1]}_bound"] = 1.0 / (1.0 / best_decode + 1.0 / rate)
     return out
 
 
@@ -451,6 +480,12 @@ def ratio(m: dict[str, Any], key: str) -> str:
     return with_range(statistics.median_low(runs), runs, 2)
 
 
+def photos(m: dict[str, Any]) -> str:
+    """``"small ~500x375"``: the entry's photo set and size."""
+    w, h = m.get("photo_size") or (0, 0)
+    return f"{m.get('photos', 'mixed')} ~{w}x{h}" if w else m.get("photos", "mixed")
+
+
 def streams(m: dict[str, Any]) -> str:
     n = m.get("streams")
     return f", {n} streams" if n and n > 1 else ""
@@ -472,10 +507,10 @@ def render(results: dict[str, Any]) -> str:
         f"benchmark suite, {results['when']}, {results['cpus']} CPUs, load average (1 min) "
         f"before {results['load_before']:.2f}, after {results['load_after']:.2f}",
         "",
-        "| model | backend | decode ceiling img/s | model ceiling img/s | shared-cores ceiling img/s "
-        "| ours img/s | ours / min(ceilings) | ours / shared-cores ceiling "
+        "| model | photos | backend | decode ceiling img/s | model ceiling img/s "
+        "| shared-cores ceiling img/s | ours img/s | ours / min(ceilings) | ours / shared-cores ceiling "
         "| launch to first row s | setup() s | peak RSS MB | drop-to-row p50 / p95 / p99 ms (rate) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results["models"]:
         shared = shared_ceiling(m)
@@ -487,7 +522,7 @@ def render(results: dict[str, Any]) -> str:
             f"({lat['rate_per_s']:.1f}/s)"
         )
         lines.append(
-            f"| {m['model']} | {o['backend']}{streams(m)} | "
+            f"| {m['model']} | {photos(m)} | {o['backend']}{streams(m)} | "
             f"{m['decode_ceiling']:.1f} | {m['model_ceiling']:.1f} | "
             f"{shared:.1f} | {spread(o)} | {ratio(m, 'ours_to_min')} | "
             f"{ratio(m, 'ours_to_shared')} | {o['launch_to_first_row_s']:.2f} | "
@@ -495,9 +530,9 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| model | decode ceilings img/s | model ceilings img/s (batch 16) | fastest fp32 shared-cores bound "
-        "img/s | ours / fp32 bound | reduced-precision bounds img/s | not run here |",
-        "|---|---|---|---:|---:|---|---|",
+        "| model | photos | decode ceilings img/s | model ceilings img/s (batch 16) "
+        "| fastest fp32 shared-cores bound img/s | ours / fp32 bound | reduced-precision bounds img/s | not run here |",
+        "|---|---|---|---|---:|---:|---|---|",
     ]
     for m in results["models"]:
         c = m.get("components")
@@ -509,7 +544,7 @@ def render(results: dict[str, Any]) -> str:
             if k.endswith("_bound") and k != "fp32_bound"
         )
         lines.append(
-            f"| {m['model']} | "
+            f"| {m['model']} | {photos(m)} | "
             + ", ".join(f"{k} {v:.1f}" for k, v in c["decode"].items())
             + " | "
             + ", ".join(f"{k} {v:.1f}" for k, v in c["model"].items())
@@ -518,7 +553,7 @@ def render(results: dict[str, Any]) -> str:
             + ("; ".join(f"{k}: {v}" for k, v in c["not_run"].items()) or "-")
             + " |"
         )
-    backlog = [(m["model"], m["backlog"]) for m in results["models"] if m.get("backlog")]
+    backlog = [(f"{m['model']}, {photos(m)}", m["backlog"]) for m in results["models"] if m.get("backlog")]
     if backlog:
         lines += [
             "",
@@ -543,7 +578,8 @@ def render(results: dict[str, Any]) -> str:
         ours_lat = ours.get("latency") or {}
         ratio_lat = (lat["p50_ms"] / ours_lat["p50_ms"]) if lat and ours_lat else None
         lines.append(
-            f"| PySpark Structured Streaming ({ours['model']}) | {spread(peer['throughput'])} | "
+            f"| PySpark Structured Streaming ({ours['model']}, {photos(ours)}) | "
+            f"{spread(peer['throughput'])} | "
             f"{fmt(peer['throughput'].get('first_row_s'), 2)} | "
             + (f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f}" if lat else "-")
             + f" | {ours['ours']['images_per_s'] / peer['throughput']['images_per_s']:.2f}"
@@ -574,7 +610,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for i, m in enumerate(models):
         vals = [m["decode_ceiling"], m["model_ceiling"], shared_ceiling(m), m["ours"]["images_per_s"]]
         xs = [j + i * width for j in range(len(labels))]
-        ax1.bar(xs, vals, width, label=m["model"])
+        ax1.bar(xs, vals, width, label=f"{m['model']}, {photos(m)}")
     if results.get("peer"):
         ax1.bar(
             [len(labels)],
@@ -587,7 +623,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("images/s")
     ax1.set_title(f"throughput ({results['cpus']} CPUs, load {results['load_before']:.1f})")
     ax1.legend(fontsize=8)
-    series = [(f"ours {m['model']}", m.get("latency")) for m in models]
+    series = [(f"ours {m['model']}, {photos(m)}", m.get("latency")) for m in models]
     if results.get("peer"):
         series.append(("PySpark", results["peer"].get("latency")))
     series = [(n, s) for n, s in series if s]
@@ -609,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=400, help="images already in the bucket (throughput)")
     ap.add_argument("--latency-images", type=int, default=150, help="images dropped at 50%% of throughput")
     ap.add_argument("--models", default="efficientnet_lite0,mobilenet_v2")
+    ap.add_argument(
+        "--photos",
+        default="small,large",
+        help="photo sets, each measured on its own (ceilings, ours): "
+        + ", ".join(f"{k} ~{w}x{h}" for k, (w, h) in PHOTO_SETS.items())
+        + "; latency, backlog and the peer use the first",
+    )
     ap.add_argument("--overhead-events", type=int, default=100_000)
     ap.add_argument("--backlog-images", type=int, default=10_000, help="backlog for the memory figure")
     ap.add_argument("--no-peer", action="store_true", help="skip PySpark")
@@ -642,46 +685,66 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": os.getloadavg()[0],
         "models": [],
     }
-    images = distinct_jpegs(args.images, seed=1)
-    drops = [(f"drop_{n}", d) for n, d in distinct_jpegs(args.latency_images, seed=2)]
-    datas = [d for _, d in images]
+    photo_sets = [name.strip() for name in args.photos.split(",") if name.strip()]
+    unknown = sorted(set(photo_sets) - set(PHOTO_SETS))
+    if unknown or not photo_sets:
+        ap.error(f"--photos: {', '.join(unknown) or 'nothing'} is not one of {', '.join(PHOTO_SETS)}")
+    image_sets = {name: distinct_jpegs(args.images, seed=1, sizes=(PHOTO_SETS[name],)) for name in photo_sets}
+    images = image_sets[photo_sets[0]]  # the latency, backlog and peer figures use the first set
+    drops = [
+        (f"drop_{n}", d)
+        for n, d in distinct_jpegs(args.latency_images, seed=2, sizes=(PHOTO_SETS[photo_sets[0]],))
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model_name in args.models.split(","):
             weights = random_weights(model_name, work)
             model = load_model(model_name, weights_path=str(weights) if weights else None)
-            # Rounds of (ceilings, ours) back to back: this VM's speed drifts over minutes,
-            # so each ratio is taken within its round, and the median round reported.
-            components = component_ceilings(model_name, weights, datas, seconds=2.0 if args.smoke else 8.0)
-            print(f"{model_name} components: {json.dumps(components)}", file=sys.stderr)
-            decode_runs: list[float] = []
-            model_runs: list[float] = []
-            ours_runs: list[dict[str, Any]] = []
-            for _ in range(args.repeats):
-                decode_runs.append(decode_ceiling(datas, model))
-                model_runs.append(model_ceiling(model, datas, seconds=2.0 if args.smoke else 8.0))
-                ours_runs.append(ours_throughput(images, work, model_name, weights))
-            rounds = list(zip(ours_runs, decode_runs, model_runs))
-            entry: dict[str, Any] = {
-                "model": model_name,
-                "decode_ceiling": statistics.median_low(decode_runs),
-                "decode_ceiling_runs": decode_runs,
-                "model_ceiling": statistics.median_low(model_runs),
-                "model_ceiling_runs": model_runs,
-                "streams": model.onnx_session.streams if model.onnx_session else None,
-                "ours": median_run(ours_runs),
-                "ours_to_min_runs": [o["images_per_s"] / min(d, m) for o, d, m in rounds],
-                "ours_to_shared_runs": [o["images_per_s"] * (1.0 / d + 1.0 / m) for o, d, m in rounds],
-                "components": components,
-                "ours_to_fp32_bound_runs": [o["images_per_s"] / components["fp32_bound"] for o in ours_runs],
-            }
+            seconds = 2.0 if args.smoke else 8.0
+            models_measured: dict[str, Any] | None = None
+            for set_name in photo_sets:
+                set_images = image_sets[set_name]
+                datas = [d for _, d in set_images]
+                components = component_ceilings(model_name, weights, datas, seconds, models=models_measured)
+                models_measured = components
+                print(f"{model_name} {set_name} components: {json.dumps(components)}", file=sys.stderr)
+                # Rounds of (ceilings, ours) back to back: this VM's speed drifts over minutes,
+                # so each ratio is taken within its round, and the median round reported.
+                decode_runs: list[float] = []
+                model_runs: list[float] = []
+                ours_runs: list[dict[str, Any]] = []
+                for _ in range(args.repeats):
+                    decode_runs.append(decode_ceiling(datas, model))
+                    model_runs.append(model_ceiling(model, datas, seconds=seconds))
+                    ours_runs.append(ours_throughput(set_images, work, model_name, weights))
+                rounds = list(zip(ours_runs, decode_runs, model_runs))
+                entry: dict[str, Any] = {
+                    "model": model_name,
+                    "photos": set_name,
+                    "photo_size": PHOTO_SETS[set_name],
+                    "decode_ceiling": statistics.median_low(decode_runs),
+                    "decode_ceiling_runs": decode_runs,
+                    "model_ceiling": statistics.median_low(model_runs),
+                    "model_ceiling_runs": model_runs,
+                    "streams": model.onnx_session.streams if model.onnx_session else None,
+                    "ours": median_run(ours_runs),
+                    "ours_to_min_runs": [o["images_per_s"] / min(d, m) for o, d, m in rounds],
+                    "ours_to_shared_runs": [o["images_per_s"] * (1.0 / d + 1.0 / m) for o, d, m in rounds],
+                    "components": components,
+                    "ours_to_fp32_bound_runs": [
+                        o["images_per_s"] / components["fp32_bound"] for o in ours_runs
+                    ],
+                }
+                if set_name == photo_sets[0]:
+                    rate = max(0.5, entry["ours"]["images_per_s"] / 2)
+                    entry["latency"] = ours_latency(drops, work, model_name, weights, rate)
+                    if model_name == args.models.split(",")[0] and args.backlog_images:
+                        entry["backlog"] = backlog_memory(
+                            images, work, model_name, weights, args.backlog_images
+                        )
+                results["models"].append(entry)
+                print(f"{model_name} {set_name}: {json.dumps(entry, default=str)}", file=sys.stderr)
             del model
-            rate = max(0.5, entry["ours"]["images_per_s"] / 2)
-            entry["latency"] = ours_latency(drops, work, model_name, weights, rate)
-            if model_name == args.models.split(",")[0] and args.backlog_images:
-                entry["backlog"] = backlog_memory(images, work, model_name, weights, args.backlog_images)
-            results["models"].append(entry)
-            print(f"{model_name}: {json.dumps(entry, default=str)}", file=sys.stderr)
         # Before the peer: its JVM and Python workers take a while to leave the cores.
         from benchmarks.framework_overhead import Tick, run_once
 

@@ -24,13 +24,16 @@ def test_suite_smoke_produces_the_table_and_the_plot(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = (tmp_path / "suite.md").read_text()
     header = (
-        "| model | backend | decode ceiling img/s | model ceiling img/s | shared-cores ceiling img/s "
-        "| ours img/s |"
+        "| model | photos | backend | decode ceiling img/s | model ceiling img/s "
+        "| shared-cores ceiling img/s | ours img/s |"
     )
     assert header in table
-    assert "| efficientnet_lite0 |" in table and "framework overhead" in table
+    # each photo set measured on its own, in both tables (throughput, components)
+    assert table.count("| efficientnet_lite0 | small ~500x375 |") == 2, table
+    assert table.count("| efficientnet_lite0 | large ~1350x900 |") == 2, table
+    assert "framework overhead" in table
     assert "| backlog drain | images |" in table
-    assert "| model | decode ceilings img/s | model ceilings img/s (batch 16) |" in table
+    assert "| model | photos | decode ceilings img/s | model ceilings img/s (batch 16) |" in table
     assert "simplejpeg DCT-scaled" in table and "onnxruntime fp32" in table
     assert "load average" in table.splitlines()[0]
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
