@@ -531,7 +531,8 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| model | photos | decode ceilings img/s | model ceilings img/s (batch 16) "
-        "| fastest fp32 shared-cores bound img/s | ours / fp32 bound | reduced-precision bounds img/s | not run here |",
+        "| fastest fp32 shared-cores bound img/s | ours / fp32 bound "
+        "| reduced-precision bounds img/s | not run here |",
         "|---|---|---|---|---:|---:|---|---|",
     ]
     for m in results["models"]:
