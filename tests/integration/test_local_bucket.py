@@ -22,6 +22,7 @@ from buildflow.errors import DestroyProtectedError, ResourceMissingError
 from buildflow.events import GCSFileEvent
 from buildflow.io.base import Envelope
 from buildflow.io.google.declarations import GCSFileStream
+from buildflow.io.local import folder
 from buildflow.io.local.folder import LocalBlobReader, LocalBucketProvider, LocalBucketSource
 from buildflow.provisioning import apply, destroy, plan, plan_destroy
 
@@ -175,12 +176,16 @@ def test_files_landing_after_start_are_delivered(env: Environment, tmp_path: Pat
     assert {e.event.name: e.event.blob for e in got}["moved/deep/m2.jpg"] == b"2"
 
 
-def test_a_file_written_in_chunks_is_delivered_once_complete_after_it_settles(
-    env: Environment, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("leases", [True, False], ids=["writer-lease", "settle-time-only"])
+def test_a_file_written_in_chunks_is_delivered_once_complete(
+    env: Environment, monkeypatch: pytest.MonkeyPatch, leases: bool
 ) -> None:
     # Chunks land every ~20 ms for ~100 ms; a settle time well above the gap between
-    # chunks makes "unchanged for the settle time" mean "the writer is done".
+    # chunks makes "unchanged for the settle time" mean "the writer is done" where the
+    # open writer cannot be seen (no leases: another OS or file system).
     monkeypatch.setenv("BUILDFLOW_LOCAL_SETTLE_MS", "250")
+    if not leases:
+        monkeypatch.setattr(folder, "_LEASES", False)
     p = provider(env)
     chunks = [bytes([i]) * 10_000 for i in range(6)]
     finished = threading.Event()
@@ -213,7 +218,43 @@ def test_a_file_written_in_chunks_is_delivered_once_complete_after_it_settles(
     ev = got[0].event
     assert ev.blob == b"".join(chunks) and ev.size == 60_000
     assert ev.event_id == event_id(p.bucket_dir, "big.jpg")
-    assert arrived_at - done_at >= 0.2  # it waited for the file to settle
+    if not leases:
+        assert arrived_at - done_at >= 0.2  # it waited for the file to settle
+
+
+@pytest.mark.skipif(not folder._LEASES, reason="file leases (fcntl F_SETLEASE) are Linux only")
+def test_a_closed_file_is_delivered_without_waiting_for_the_settle_time(
+    env: Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDFLOW_LOCAL_SETTLE_MS", "60000")  # a minute: only the lease can admit it
+    p = provider(env)
+
+    async def main() -> list[Envelope[GCSFileEvent]]:
+        async with opened(p) as src:
+            assert await src.pull(10, 0.0) == []
+            put(p.bucket_dir, "written.jpg", b"complete")  # opened, written, closed
+            tmp = put(p.bucket_dir, ".upload.jpg", b"renamed")
+            os.rename(tmp, p.bucket_dir / "renamed.jpg")
+            return await pull_until(src, 2)
+
+    got = run(main())
+    assert {e.event.name: e.event.blob for e in got} == {
+        "written.jpg": b"complete",
+        "renamed.jpg": b"renamed",
+    }
+
+
+@pytest.mark.skipif(not folder._LEASES, reason="file leases (fcntl F_SETLEASE) are Linux only")
+def test_writer_closed_sees_an_open_writer_and_its_close(tmp_path: Path) -> None:
+    path = tmp_path / "f.jpg"
+    with open(path, "wb") as f:
+        f.write(b"part")
+        f.flush()
+        assert not folder._writer_closed(path)
+    assert folder._writer_closed(path)
+    with open(path, "rb"):  # readers do not count
+        assert folder._writer_closed(path)
+    assert not folder._writer_closed(tmp_path / "missing.jpg")
 
 
 def test_a_hidden_upload_renamed_into_place_is_delivered_once(env: Environment) -> None:
@@ -393,16 +434,19 @@ def test_backlog_and_is_drained_follow_pending_unsettled_and_inflight(
             await src.ack(one + two)
             assert await src.is_drained()
 
-            # A file still settling counts as backlog, and the source is not drained.
+            # A file still being written (open, changed within the settle time) counts as
+            # backlog, and the source is not drained.
             monkeypatch.setenv("BUILDFLOW_LOCAL_SETTLE_MS", "10000")
-            put(p.bucket_dir, "slow.jpg", b"s")
+            with open(p.bucket_dir / "slow.jpg", "wb") as writer:
+                writer.write(b"s")
+                writer.flush()
 
-            async def seen() -> bool:
-                return await src.backlog() == 1
+                async def seen() -> bool:
+                    return await src.backlog() == 1
 
-            await poll(seen)
-            assert not await src.is_drained()
-            assert await src.pull(5, 0.0) == []
+                await poll(seen)
+                assert not await src.is_drained()
+                assert await src.pull(5, 0.0) == []
 
     run(main())
 
