@@ -1,6 +1,6 @@
 """The benchmark suite of issue 9: one command, one run, one table (markdown) and one plot.
 
-    .venv/bin/python -m benchmarks.suite                      # full: ~15 min on 2 cores (3 repeats)
+    .venv/bin/python -m benchmarks.suite                      # full: ~11 min on 2 cores (3 repeats)
     .venv/bin/python -m benchmarks.suite --smoke              # seconds: CI checks the table appears
 
 For each model (the app's default, EfficientNet-Lite0, and a torchvision model, MobileNetV2
